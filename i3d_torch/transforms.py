@@ -1,0 +1,138 @@
+"""The model's input convention, defined once, and the helpers that produce it.
+
+**Model input:** a float tensor ``[N, C, T, H, W]`` with values in ``[-1, 1]``.
+``C = 3`` is RGB in that order (not OpenCV's BGR); ``C = 2`` is optical flow ``(u, v)``.
+
+* RGB: ``uint8`` pixels ``p`` map to ``p / 255 * 2 - 1``; frames already in ``[0, 1]`` map to ``2x - 1``.
+* Flow (DeepMind's TV-L1 recipe): displacement in pixels, clipped to ``[-20, 20]`` and divided by 20.
+
+DeepMind's preprocessing of a video (what the weights were trained on) is described by
+:class:`Preprocess`: 25 fps, RGB, short side resized to 256 with bilinear interpolation, centre crop
+224x224, then the value mapping above. Each weights entry carries its :class:`Preprocess`, so
+``weights.preprocess()(frames)`` cannot get the range wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Union
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+#: Flow values (pixels of displacement) are clipped to +-FLOW_BOUND then divided by it.
+FLOW_BOUND = 20.0
+
+
+def _as_tensor(frames: ArrayLike) -> torch.Tensor:
+    if isinstance(frames, np.ndarray):
+        if frames.dtype == np.uint16:
+            raise InputError("16-bit frames: convert to 8-bit (frames >> 8) before preprocessing")
+        return torch.from_numpy(np.ascontiguousarray(frames))
+    if isinstance(frames, torch.Tensor):
+        return frames
+    raise InputError(f"expected a numpy array or torch tensor of frames, got {type(frames).__name__}")
+
+
+def _to_ncthw(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """THWC or NTHWC (channels last, as decoders give them) to NCTHW."""
+    if x.dim() == 4:
+        x = x.unsqueeze(0)
+    if x.dim() != 5:
+        raise InputError(f"expected frames [T, H, W, C] or [N, T, H, W, C], got shape {tuple(x.shape)}")
+    if x.shape[-1] != channels:
+        raise InputError(
+            f"expected {channels} channels last ([N, T, H, W, {channels}]), got shape {tuple(x.shape)}"
+        )
+    return x.permute(0, 4, 1, 2, 3)
+
+
+def rgb_to_model_input(frames: ArrayLike, value_range: str = "uint8") -> torch.Tensor:
+    """RGB frames, channels last (``[T, H, W, 3]`` or ``[N, T, H, W, 3]``), to model input.
+
+    ``value_range`` says what the frames hold: ``"uint8"`` (0..255, the dtype must be uint8) or ``"unit"``
+    (floats in [0, 1]). Frames must already be RGB, resized and cropped.
+    """
+    x = _as_tensor(frames)
+    if value_range == "uint8":
+        if x.dtype != torch.uint8:
+            raise InputError(
+                f"value_range='uint8' needs uint8 frames, got {x.dtype}; for floats in [0, 1] pass value_range='unit'"
+            )
+        x = _to_ncthw(x, 3).float().div_(127.5).sub_(1.0)
+    elif value_range == "unit":
+        if not x.is_floating_point():
+            raise InputError(f"value_range='unit' needs floating-point frames in [0, 1], got {x.dtype}")
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise InputError(
+                f"value_range='unit' needs values in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]"
+                + (" (looks like 0-255 pixels: pass uint8 frames)" if x.max() > 2 else "")
+            )
+        x = _to_ncthw(x, 3).float().mul(2.0).sub_(1.0)
+    else:
+        raise InputError(f"value_range must be 'uint8' or 'unit', got {value_range!r}")
+    return x.contiguous()
+
+
+def flow_to_model_input(flow: ArrayLike) -> torch.Tensor:
+    """Optical flow in pixels, channels last ``[..., 2]`` (u, v), to model input: clip +-20, divide by 20."""
+    x = _as_tensor(flow)
+    if not x.is_floating_point():
+        raise InputError(f"flow must be floating point (pixels of displacement), got {x.dtype}")
+    return _to_ncthw(x, 2).float().clamp(-FLOW_BOUND, FLOW_BOUND).div_(FLOW_BOUND).contiguous()
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """DeepMind's preprocessing, carried by every weights entry.
+
+    Attributes:
+        modality: ``"rgb"`` or ``"flow"``.
+        fps: frames are resampled to this rate before windowing.
+        short_side: the shorter frame side is resized to this (bilinear) before cropping.
+        crop_size: square crop fed to the network.
+        value_range: what ``__call__`` expects for RGB: ``"uint8"`` pixels or ``"unit"`` floats.
+    """
+
+    modality: str = "rgb"
+    fps: float = 25.0
+    short_side: int = 256
+    crop_size: int = 224
+    value_range: str = "uint8"
+
+    def __call__(self, frames: ArrayLike) -> torch.Tensor:
+        """Resized and cropped frames (channels last) to the model input ``[N, C, T, H, W]`` in [-1, 1]."""
+        if self.modality == "flow":
+            return flow_to_model_input(frames)
+        return rgb_to_model_input(frames, self.value_range)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_model_input(x: torch.Tensor, *, source: str = "input") -> list:
+    """Problems with the value range of a model input, as a list of one-line warnings (empty if fine).
+
+    Raises on NaN/Inf, which would silently poison every output.
+    """
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise InputError(f"{source}: {bad} NaN/Inf value(s) in the clip")
+    warnings = []
+    lo, hi = float(x.min()), float(x.max())
+    if hi > 1.0 + 1e-3 or lo < -1.0 - 1e-3:
+        cause = "0-255 pixels not rescaled" if hi > 2.0 else "values not mapped to [-1, 1]"
+        warnings.append(
+            f"{source}: values span [{lo:.3g}, {hi:.3g}], outside the model's [-1, 1] (likely cause: {cause}; "
+            f"use i3d_torch.transforms.rgb_to_model_input)"
+        )
+    elif lo >= 0.0 and hi > 0.0 and x.numel() > 1000:
+        warnings.append(
+            f"{source}: values span [{lo:.3g}, {hi:.3g}], all non-negative: frames in [0, 1] not mapped to "
+            f"[-1, 1]? (use i3d_torch.transforms.rgb_to_model_input(frames, 'unit'))"
+        )
+    return warnings
