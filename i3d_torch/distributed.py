@@ -1,0 +1,134 @@
+"""Running one job on several processes (``torchrun``): who am I, how many are we, and which inputs are mine.
+
+Shared by ``features``, fine-tuning and FVD so that every command shards work the same way. Without
+``torchrun`` (no ``WORLD_SIZE`` in the environment) everything here degrades to a single process: rank 0
+of 1, :func:`barrier` is a no-op, :func:`shard` returns the whole list.
+
+Launch::
+
+    torchrun --nproc-per-node 4 -m i3d_torch features videos/ --out feats/
+
+Each rank takes one GPU (``cuda:LOCAL_RANK``) when CUDA is asked for, and talks over NCCL; on CPU the
+ranks talk over Gloo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from typing import Iterator, List, Optional, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+#: How long a rank waits at a barrier for the others. Feature extraction of a slow shard can take long
+#: (TV-L1 flow on CPU especially), so this is generous; the default of 30 minutes would kill long jobs.
+BARRIER_TIMEOUT = datetime.timedelta(hours=12)
+
+
+def world_size() -> int:
+    """Number of processes in the job (1 when not launched by torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's global rank, 0-based (0 when not launched by torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's rank on its own machine: the index of the GPU it should use."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_distributed() -> bool:
+    """True when launched with more than one process."""
+    return world_size() > 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the one that merges results and prints summaries."""
+    return rank() == 0
+
+
+def device_for_rank(device: str) -> torch.device:
+    """The device this rank should use: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a multi-process job."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and is_distributed():
+        return torch.device("cuda", local_rank())
+    return dev
+
+
+def init_process_group(device: str = "cpu") -> bool:
+    """Join the torchrun job's process group, if there is one; returns whether one is now initialised.
+
+    NCCL for CUDA devices (one GPU per rank, selected by ``LOCAL_RANK``), Gloo otherwise. Safe to call
+    twice and in a single process (then it does nothing).
+    """
+    if not is_distributed() or not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return True
+    dev = device_for_rank(device)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
+    return True
+
+
+def destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: str = "cpu") -> Iterator[bool]:
+    """``with process_group(device):`` joins the job's group for the block and leaves it afterwards.
+
+    Leaves only a group it created, so nesting inside a caller's own group is harmless.
+    """
+    created = is_distributed() and dist.is_available() and not dist.is_initialized()
+    active = init_process_group(device)
+    try:
+        yield active
+    finally:
+        if created:
+            destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this point (no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def shard(items: Sequence[T], rank_: Optional[int] = None, world: Optional[int] = None) -> List[T]:
+    """The items this rank processes: ``items[rank::world]``, i.e. items r, r+K, r+2K, ...
+
+    Every item goes to exactly one rank. Callers must pass the same, deterministically ordered list on
+    every rank (sort it), or ranks would disagree about who does what.
+    """
+    rank_ = rank() if rank_ is None else rank_
+    world = world_size() if world is None else world
+    if world < 1 or not 0 <= rank_ < world:
+        raise ValueError(f"rank {rank_} is not in a world of {world} process(es)")
+    return list(items[rank_::world])
+
+
+def all_ranks_ok(ok: bool) -> bool:
+    """True only if ``ok`` is true on every rank (a collective: every rank must call it)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return ok
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+    return int(flag.item()) == 0
