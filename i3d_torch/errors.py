@@ -30,5 +30,5 @@ class ConversionError(I3DError):
     """A conversion source whose tensors do not map one-to-one onto the model."""
 
 
-class InputError(I3DError):
+class InputError(I3DError, ValueError):
     """A model input or data set with the wrong shape, dtype, range or size."""
