@@ -12,8 +12,9 @@ Decoders, and why each:
 
 * **PyAV (FFmpeg)** reads every video file (mp4, avi, mkv, webm, mov, gif, ...): it gives the
   presentation timestamp of each frame (needed to resample variable-frame-rate video exactly), the
-  display matrix (rotation of phone videos), and converts any pixel format (grayscale, alpha, 10/16-bit,
-  palette) to 8-bit RGB with FFmpeg's swscale.
+  display matrix (rotation of phone videos), and converts any pixel format (grayscale, alpha, palette,
+  YUV) to RGB with FFmpeg's swscale; formats deeper than 8 bits are taken as 16-bit RGB and scaled here
+  with the same rule as 16-bit images.
 * **OpenCV** reads the images of a frame folder (``cv2.imdecode`` keeps 16-bit, grayscale and alpha as
   stored, so they are converted here the same way every time) and does all resizing:
   ``cv2.resize(..., INTER_LINEAR)`` on the uint8 RGB frame, i.e. bilinear with half-pixel centres and
@@ -189,6 +190,11 @@ def resize_bilinear(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def _scale_16_to_8_bit(values: np.ndarray) -> np.ndarray:
+    """uint16 v to uint8 round(v / 257), so 0 -> 0 and 65535 -> 255 (integer form; v / 257 never ties)."""
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
 def _image_to_rgb8(image: np.ndarray) -> np.ndarray:
     """An OpenCV-decoded image (BGR/BGRA/gray, 8 or 16 bit) to uint8 RGB [H, W, 3].
 
@@ -196,7 +202,7 @@ def _image_to_rgb8(image: np.ndarray) -> np.ndarray:
     not composited), as FFmpeg's conversion of video frames does.
     """
     if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        image = _scale_16_to_8_bit(image)
     elif image.dtype != np.uint8:
         raise ValueError(f"unsupported image sample type {image.dtype}")
     if image.ndim == 2:
@@ -388,10 +394,18 @@ def _decoded_video_frames(
         yield _SourceFrame(start, duration, _loader(frame, shaper, path))
 
 
+def _video_frame_to_rgb8(frame: "av.VideoFrame") -> np.ndarray:
+    """Any pixel format to uint8 RGB [H, W, 3]. Formats deeper than 8 bits go through 16-bit RGB and the
+    same round(v / 257) as 16-bit images, because FFmpeg's direct conversion to 8 bits dithers."""
+    if max((c.bits for c in frame.format.components), default=8) > 8:
+        return _scale_16_to_8_bit(frame.to_ndarray(format="rgb48le"))
+    return frame.to_ndarray(format="rgb24")
+
+
 def _loader(frame: "av.VideoFrame", shaper: _FrameShaper, path: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         _check_frame_pixels(frame.width, frame.height, path)
-        return shaper(frame.to_ndarray(format="rgb24"))
+        return shaper(_video_frame_to_rgb8(frame))
 
     return load
 
