@@ -42,6 +42,7 @@ __all__ = [
     "EndpointDiff",
     "comparable_endpoints",
     "compare_arrays",
+    "run_both",
     "compare_endpoints",
     "compare_logits",
     "verify_against_tf",
@@ -114,13 +115,14 @@ def _to_tf_layout(tensor: torch.Tensor) -> np.ndarray:
     return array.transpose(0, 2, 3, 4, 1) if array.ndim == 5 else array  # NCTHW -> NTHWC
 
 
-def compare_endpoints(
+def run_both(
     torch_model: InceptionI3d,
     tf_model,
     clip: torch.Tensor,
     endpoints: Optional[Sequence[str]] = None,
-) -> List[EndpointDiff]:
-    """Run ``clip`` (``[N, C, T, H, W]`` in [-1, 1]) through both models; one row per endpoint.
+) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """One pass of ``clip`` (``[N, C, T, H, W]`` in [-1, 1]) through each model: (PyTorch, TF) endpoints as
+    numpy arrays in TF layout (``[N, T, H, W, C]``; ``[N, K]`` for the head).
 
     ``tf_model`` is a :class:`~i3d_torch.tf_reference.TFInceptionI3d`. ``endpoints`` defaults to every
     endpoint TF can compute for the clip's size (:func:`comparable_endpoints`).
@@ -130,11 +132,21 @@ def compare_endpoints(
     names = list(endpoints or comparable_endpoints(*clip.shape[-3:]))
     last = max(names, key=ENDPOINTS.index)
     clip = clip.detach().float().cpu()
-    torch_model = torch_model.eval()
     with torch.no_grad():
-        ours = torch_model.extract_endpoints(clip, names)
+        ours = torch_model.eval().extract_endpoints(clip, names)
     theirs = tf_model(clip.permute(0, 2, 3, 4, 1).numpy(), last)
-    return [compare_arrays(name, _to_tf_layout(ours[name]), theirs[name].numpy()) for name in names]
+    return {n: _to_tf_layout(ours[n]) for n in names}, {n: theirs[n].numpy() for n in names}
+
+
+def compare_endpoints(
+    torch_model: InceptionI3d,
+    tf_model,
+    clip: torch.Tensor,
+    endpoints: Optional[Sequence[str]] = None,
+) -> List[EndpointDiff]:
+    """Run ``clip`` through both models (see :func:`run_both`); one row per endpoint, judged against its bound."""
+    ours, theirs = run_both(torch_model, tf_model, clip, endpoints)
+    return [compare_arrays(name, ours[name], theirs[name]) for name in ours]
 
 
 def compare_logits(torch_model: InceptionI3d, logits_fn: Callable[[np.ndarray], np.ndarray], clip: torch.Tensor) -> EndpointDiff:
