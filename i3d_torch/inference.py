@@ -470,6 +470,29 @@ def run_model(model: InceptionI3d, x: torch.Tensor, endpoints: Sequence[str]) ->
     return {k: v.float().cpu() for k, v in out.items()}
 
 
+def per_time_logits(model: InceptionI3d, x: torch.Tensor) -> torch.Tensor:
+    """Logits before the mean over time ``[N, K, T'']`` (float32, CPU); their mean over T'' is exactly the
+    model's ``Logits`` endpoint, so the timeline costs nothing extra."""
+    parameter = next(model.parameters())
+    with torch.inference_mode():
+        x = x.to(device=parameter.device, dtype=parameter.dtype, non_blocking=True)
+        features = model.extract_endpoints(x, ["Mixed_5c"])["Mixed_5c"]
+        return model.Logits(features).float().cpu()
+
+
+def fuse_streams(time_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum the streams' per-time logits ``[N, K, T'']`` (DeepMind's two-stream fusion adds logits).
+
+    Flow has one frame fewer than RGB, so its timeline can be one step shorter; both are then cut to the
+    shorter one and shifted so that each stream's mean over time is unchanged: the window's logits stay
+    exactly the sum of the streams' ``Logits`` endpoints.
+    """
+    steps = min(t.shape[-1] for t in time_logits)
+    if any(t.shape[-1] != steps for t in time_logits):
+        time_logits = [t[..., :steps] - t[..., :steps].mean(-1, keepdim=True) + t.mean(-1, keepdim=True) for t in time_logits]
+    return torch.stack(list(time_logits)).sum(dim=0)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------------
@@ -492,9 +515,18 @@ class WindowResult:
     start_s: float
     end_s: float
     logits: np.ndarray
+    #: The network's own timeline inside the window, ``[T'', K]``: the logits before the mean over time
+    #: (one step per 8 frames); ``logits`` is their mean.
+    time_logits: Optional[np.ndarray] = field(default=None, repr=False)
 
     def top(self, categories: Sequence[str], k: int = 5) -> List[Prediction]:
         return top_predictions(self.logits, categories, k)
+
+    def time_points(self) -> np.ndarray:
+        """Video frame at the centre of each step of ``time_logits``: step t pools Mixed_5c positions t and
+        t + 1, which cover input frames 8t .. 8t + 15 (clamped to the window for looped short clips)."""
+        steps = 0 if self.time_logits is None else len(self.time_logits)
+        return self.start + np.minimum(8 * np.arange(steps) + 8, self.end - self.start)
 
 
 @dataclass
@@ -522,6 +554,7 @@ class Classification:
     windows: List[WindowResult]
     categories: List[str] = field(repr=False, default_factory=list)
     timing: Timing = field(default_factory=Timing)
+    weights: Dict[str, str] = field(default_factory=dict)  # stream ("rgb"/"flow") -> weights name
 
     @property
     def probs(self) -> np.ndarray:
@@ -545,6 +578,7 @@ class Classification:
                 }
                 for w in self.windows
             ],
+            "weights": self.weights,
             "timing": self.timing.to_dict(),
         }
 
@@ -573,6 +607,7 @@ class Streams:
     models: Dict[str, InceptionI3d]  # "rgb" / "flow" -> model
     categories: List[str]
     preprocess: Preprocess
+    names: Dict[str, str]  # "rgb" / "flow" -> weights name
 
 
 def build_streams(
@@ -581,6 +616,7 @@ def build_streams(
     main = model if model is not None else cached_model(weights, device, dtype)
     entry = weights_of(main, weights)
     models = {entry.modality: main}
+    names = {entry.modality: entry.name}
     if flow:
         if entry.modality != "rgb":
             raise InputError(f"--flow adds the flow stream to an RGB model, but {entry.name} is already a flow model")
@@ -592,10 +628,11 @@ def build_streams(
                 f"have {entry.num_classes}"
             )
         models["flow"] = flow_model
+        names["flow"] = flow_entry.name
     categories = list(entry.categories)
     if len(categories) != main.num_classes:  # a model whose head was replaced after loading
         categories = [f"class_{i}" for i in range(main.num_classes)]
-    return Streams(models=models, categories=categories, preprocess=entry.preprocess())
+    return Streams(models=models, categories=categories, preprocess=entry.preprocess(), names=names)
 
 
 def clip_settings(
@@ -687,18 +724,19 @@ def _score(prefetcher, sources, streams: Streams, settings: ClipSettings, top_k,
                 continue
             started = time.perf_counter()
             try:
-                logits = sum(
-                    run_model(streams.models[s], x, ["Logits"])["Logits"] for s, x in event.inputs.items()
-                )  # (windows * crops) x K
+                time_logits = fuse_streams(
+                    [per_time_logits(streams.models[s], x) for s, x in event.inputs.items()]
+                )  # (windows * crops) x K x T''
             except (I3DError, ValueError) as exc:  # e.g. an input the network cannot take
                 failed[event.index] = as_i3d_error(InputError(str(exc)), source_name(sources[event.index]))
                 continue
             finally:
                 timing.model_s += time.perf_counter() - started
-            logits = logits.view(len(event.spans), event.crops, -1).mean(dim=1).numpy()
-            for (start, end), row in zip(event.spans, logits):
+            time_logits = time_logits.view(len(event.spans), event.crops, *time_logits.shape[1:]).mean(dim=1)
+            logits = time_logits.mean(dim=2)  # windows x K: the network's Logits endpoint
+            for (start, end), row, steps in zip(event.spans, logits.numpy(), time_logits.numpy()):
                 windows[event.index].append(
-                    WindowResult(start, end, start / settings.fps, end / settings.fps, row.astype(np.float32))
+                    WindowResult(start, end, start / settings.fps, end / settings.fps, row, steps.T.copy())
                 )
             if progress is not None:
                 new_end = max(end for _, end in event.spans)
@@ -725,6 +763,7 @@ def _score(prefetcher, sources, streams: Streams, settings: ClipSettings, top_k,
                 windows=video_windows,
                 categories=streams.categories,
                 timing=timings.pop(event.index),
+                weights=dict(streams.names),
             )
 
 
