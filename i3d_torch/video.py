@@ -316,6 +316,8 @@ def _open_error(path: str, error: Exception) -> VideoError:
     reason = getattr(error, "strerror", None) or str(error)
     if isinstance(error, PermissionError):
         return VideoError("permission denied", path)
+    if isinstance(error, EOFError):
+        return VideoError("the file ends before its headers do (truncated?)", path)
     if isinstance(error, av.error.InvalidDataError):
         hint = ""
         if path.lower().endswith((".mp4", ".mov", ".m4v", ".3gp")):
@@ -386,12 +388,41 @@ def _decoded_video_frames(
     step = _nominal_step(stream)
     shaper: Optional[_FrameShaper] = None  # made at the first frame, which carries the rotation
     start: Optional[Fraction] = None
-    for index, frame in enumerate(container.decode(stream)):
-        if shaper is None:
-            shaper = _FrameShaper(short_side, _clockwise_rotation(frame), path)
-        start = _frame_start(frame, index, step, start)
-        duration = frame.duration * Fraction(frame.time_base) if frame.duration and frame.time_base else None
-        yield _SourceFrame(start, duration, _loader(frame, shaper, path))
+    index = packets = 0
+    demuxed = container.demux(stream)
+    demux_error: Optional[BaseException] = None
+    while True:
+        try:
+            packet = next(demuxed)
+        except StopIteration:
+            break
+        except _DECODE_ERRORS as e:
+            # A cut or damaged container: flush the frames the decoder still holds, then report.
+            demux_error, packet = e, None
+        if packet is not None and packet.is_corrupt:
+            # The demuxer knows this packet is cut short (truncated file) or damaged: its frame would be
+            # partly garbage, so the stream ends before it.
+            demux_error, packet = _DamagedData("a packet is cut short or damaged"), None
+        packets += packet is not None and packet.size > 0  # the last, empty packet flushes the decoder
+        for frame in stream.decode(packet):
+            if frame.is_corrupt:
+                raise _DamagedData("the decoder marked a frame as damaged")
+            if shaper is None:
+                shaper = _FrameShaper(short_side, _clockwise_rotation(frame), path)
+            start = _frame_start(frame, index, step, start)
+            duration = frame.duration * Fraction(frame.time_base) if frame.duration and frame.time_base else None
+            index += 1
+            yield _SourceFrame(start, duration, _loader(frame, shaper, path))
+        if demux_error is not None:
+            raise demux_error
+    if index == 0:
+        raise VideoError(_no_frame_problem(packets), path)
+
+
+def _no_frame_problem(packets: int) -> str:
+    if packets:
+        return f"none of its {packets} video packets decoded to a frame (damaged data)"
+    return "contains no video frames (empty stream, or the file is damaged or truncated)"
 
 
 def _video_frame_to_rgb8(frame: "av.VideoFrame") -> np.ndarray:
@@ -455,6 +486,10 @@ def _iter_frame_folder(
     yield from _resample(sources, fps, step)
 
 
+class _DamagedData(ValueError):
+    """Data the demuxer or decoder flags as damaged; handled like a decoding failure."""
+
+
 class _FrameFileError(ValueError):
     """One image of a frame folder does not decode; handled like a damaged video frame."""
 
@@ -490,7 +525,7 @@ def _guard_stream(frames: Iterator[np.ndarray], path: str, max_frames: Optional[
     finally:
         frames.close()
     if produced == 0:
-        raise VideoError("contains no video frames", path)
+        raise VideoError(_no_frame_problem(0), path)
 
 
 def iter_frames(
@@ -606,7 +641,7 @@ def probe(path: PathLike, *, folder_fps: float = DEFAULT_FOLDER_FPS) -> VideoInf
                 raise VideoError(f"no frame could be decoded ({reason})", path) from None
             reached_end = False
         if first_frame is None:
-            raise VideoError("contains no video frames", path)
+            raise VideoError(_no_frame_problem(len(pts)), path)
         _check_frame_pixels(first_frame.width, first_frame.height, path)
 
         rotation = _clockwise_rotation(first_frame)

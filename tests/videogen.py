@@ -94,6 +94,7 @@ def write_video(
     timestamps: Optional[Sequence[float]] = None,
     display_matrix: Optional[Sequence[int]] = None,
     options: Optional[Dict[str, str]] = None,
+    container_options: Optional[Dict[str, str]] = None,
 ) -> Path:
     """Encode ``frames`` (uint8/uint16 ``[T, H, W(, C)]``) to ``path``; the container comes from the extension.
 
@@ -104,11 +105,14 @@ def write_video(
         timestamps: presentation time of each frame in seconds (variable frame rate), 1 ms resolution.
         display_matrix: the 9 ints of an MP4/MOV display matrix (rotation metadata).
         options: extra encoder options.
+        container_options: muxer options, e.g. ``{"movflags": "faststart"}`` (MP4 index first).
+
+    ``frames`` may hold zero frames ``[0, H, W, 3]``: a file with an empty video stream.
     """
     path = Path(path)
     frames = np.asarray(frames)
-    if frames.ndim not in (3, 4) or len(frames) == 0:
-        raise ValueError(f"frames must be [T, H, W(, C)] with T >= 1, got shape {frames.shape}")
+    if frames.ndim not in (3, 4):
+        raise ValueError(f"frames must be [T, H, W(, C)], got shape {frames.shape}")
     muxer, default_codec = DEFAULT_CODECS[path.suffix.lower()]
     codec = codec or default_codec
     stored_format, source_format = _pixel_formats(codec, frames)
@@ -116,7 +120,7 @@ def write_video(
     encoder_options.update(options or {})
     rate = Fraction(fps).limit_denominator(100_000)
     with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format=muxer) as container:
+        with av.open(str(tmp), mode="w", format=muxer, options=container_options or {}) as container:
             stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = pix_fmt or stored_format
@@ -125,6 +129,7 @@ def write_video(
             stream.codec_context.time_base = time_base
             if display_matrix is not None:
                 stream.set_display_matrix(list(display_matrix))
+            container.start_encoding()  # the header, even when no frame follows
             for index, array in enumerate(frames):
                 frame = _frame(array, source_format)
                 frame.time_base = time_base
