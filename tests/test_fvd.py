@@ -8,6 +8,7 @@ shared through module-scoped fixtures.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -21,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i3d_torch import fvd as fvd_module
 from i3d_torch.errors import I3DError, InputError
 from i3d_torch.fvd import (
     PREPROCESSING,
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from videogen import moving_shapes, write_frame_folder, write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+fvd_module = importlib.import_module("i3d_torch.fvd")
 
 
 def _tf():
@@ -598,3 +599,83 @@ def test_fvd_grows_as_the_set_is_corrupted(corrupt, cricket_clips, cricket_stats
             distances.append(distance_between(cricket_stats, corrupted).fvd)
     print("FVD at corruption levels 0, 1, 2:", distances)
     assert distances[0] < distances[1] < distances[2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Python API entry point and torchrun sharding
+# ---------------------------------------------------------------------------------------------------
+
+
+PACKAGE_LEVEL_SCRIPT = """
+import warnings, numpy as np, torch, i3d_torch
+warnings.simplefilter("ignore")
+class Mean(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(3, 4)).flatten(1)
+rng = np.random.default_rng(0)
+a, b = (rng.integers(0, 256, (3, 9, 8, 8, 3), dtype=np.uint8) for _ in range(2))
+first = i3d_torch.fvd(a, b, model=Mean())   # before the submodule is imported: the lazy attribute
+second = i3d_torch.fvd(a, b, model=Mean())  # after: the package attribute is now the module itself
+print(float(first), float(second))
+"""
+
+
+def test_package_level_fvd_is_callable_before_and_after_the_submodule_import():
+    result = subprocess.run([sys.executable, "-c", PACKAGE_LEVEL_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    first, second = map(float, result.stdout.split())
+    assert first == second > 0
+
+
+SHARDED_SCRIPT = """
+import sys, warnings
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_fvd import TinyEmbedder
+from i3d_torch import distributed
+from i3d_torch.fvd import compute_stats, SmallSampleWarning
+from i3d_torch.errors import I3DError
+warnings.simplefilter("ignore", SmallSampleWarning)
+with distributed.process_group("cpu"):
+    try:
+        stats = compute_stats({source!r}, TinyEmbedder(), batch_size=2, cache={cache!r})
+    except I3DError as exc:
+        print(f"rank {{distributed.rank()}} error: {{exc}}", flush=True)
+        sys.exit(3)
+    print(f"rank {{distributed.rank()}} of {{distributed.world_size()}}: {{stats.n}} videos", flush=True)
+"""
+
+
+def _torchrun(tmp_path, source, cache):
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT.format(tests=str(Path(__file__).resolve().parent), source=str(source), cache=str(cache)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000), str(script)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_embed_shards_that_gather_to_the_single_process_result(tmp_path):
+    folder = tmp_path / "videos"
+    for seed in range(5):  # odd count: rank 0 takes 3 videos, rank 1 takes 2
+        write_video(folder / f"clip{seed}.mkv", moving_shapes(9, 24, 32, seed=seed), fps=25)
+    result = _torchrun(tmp_path, folder, tmp_path / "sharded.npz")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rank 0 of 2: 5 videos" in result.stdout and "rank 1 of 2: 5 videos" in result.stdout
+    sharded = VideoSetStats.load(tmp_path / "sharded.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        single = compute_stats(folder, TinyEmbedder(), batch_size=2)
+    np.testing.assert_array_equal(sharded.embeddings, single.embeddings)  # same rows, in the same order
+
+
+@pytest.mark.slow
+def test_torchrun_error_on_one_rank_stops_every_rank_with_the_file_named(tmp_path):
+    folder = tmp_path / "videos"
+    for seed in range(3):
+        write_video(folder / f"clip{seed}.mkv", moving_shapes(9, 24, 32, seed=seed), fps=25)
+    (folder / "clip3.mp4").write_text("not a video")  # index 3: rank 1's shard
+    result = _torchrun(tmp_path, folder, tmp_path / "never.npz")
+    assert result.returncode != 0
+    assert "rank 0 error:" in result.stdout and "rank 1 error:" in result.stdout
+    assert result.stdout.count("clip3.mp4") == 2, result.stdout
+    assert not (tmp_path / "never.npz").exists()
