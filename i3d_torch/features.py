@@ -258,6 +258,9 @@ def compact_manifest(out_dir: Path, items: Sequence[InputItem], config: dict) ->
     _write_records(out_dir / MANIFEST, kept)
     for part in _part_files(out_dir):
         part.unlink()
+    for stale in out_dir.rglob(".*.tmp"):  # temporaries of a killed run (fileio.atomic_path names them so)
+        if stale.name.startswith(".manifest") or ".npy." in stale.name:
+            stale.unlink()
     return done
 
 

@@ -112,6 +112,7 @@ def test_window_time_logits_average_to_the_window_logits(rgb_weights):
     assert window.time_points().tolist() == [8, 16]
 
 
+@pytest.mark.slow
 def test_three_crops_average_the_logits_of_left_centre_right(rgb_weights, rgb_model_random):
     frames = moving_shapes(9, 224, 300)
     result = classify(frames, weights=rgb_weights, crop="three")
@@ -173,6 +174,7 @@ def test_flow_window_carries_the_flows_between_its_own_frames():
     assert_close(inputs["flow"], expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_flow_stream_logits_are_added_to_rgb_logits(tmp_path, rgb_weights, rgb_model_random):
     from i3d_torch.flow import video_flow
 
@@ -240,6 +242,7 @@ def test_plot_names_one_file_per_video():
     assert plot_paths("out/t.png", ["a/x.mp4", "b/x.mp4"]) == [Path("out/t.0.x.mp4.png"), Path("out/t.1.x.mp4.png")]
 
 
+@pytest.mark.slow
 def test_cricket_gif_is_playing_cricket_with_json_and_plot(tmp_path, rgb_model):
     plot = tmp_path / "timeline.png"
     proc = run_cli("predict", str(CRICKET_GIF), "--json", "--plot", str(plot), "--top", "5")
