@@ -252,6 +252,11 @@ class VideoSet:
         """Changes when the videos change: a statistics cache made from other videos is not reused."""
         raise NotImplementedError
 
+    @property
+    def frames(self) -> Optional[int]:
+        """Frames per video when known without decoding (arrays), else None."""
+        return None
+
 
 class ArrayVideoSet(VideoSet):
     """An in-memory array or tensor, or a memory-mapped ``.npy``, ``[N, T, H, W, 3]``.
@@ -268,6 +273,10 @@ class ArrayVideoSet(VideoSet):
 
     def __len__(self) -> int:
         return int(self.videos.shape[0])
+
+    @property
+    def frames(self) -> Optional[int]:
+        return int(self.videos.shape[1])
 
     def name(self, index: int) -> str:
         return f"{self.description}[{index}]"
@@ -363,6 +372,19 @@ class FolderVideoSet(VideoSet):
                 stat = file.stat()
                 digest.update(f"{file.relative_to(self.folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()
+
+
+def _require_two_videos(video_set: VideoSet) -> None:
+    if len(video_set) < 2:
+        raise InputError(f"{video_set.description}: {len(video_set)} video(s); FVD needs a covariance, so at least 2 per set")
+
+
+def _check_comparable_lengths(real: Optional[int], fake: Optional[int]) -> None:
+    if real is not None and fake is not None and real != fake:
+        raise InputError(
+            f"the real videos have {real} frames and the fake ones {fake}; FVD compares clips of the same length "
+            f"(use --frames T / frames=T to take the first T frames of each)"
+        )
 
 
 def _check_same_frames(frame_counts: Sequence[int], names: Sequence[str]) -> None:
@@ -718,8 +740,7 @@ def compute_stats(
     if isinstance(video_set, VideoSetStats):
         video_set.check_compatible(sha, f"the model in use ({model_name(model)})")
         return video_set
-    if len(video_set) < 2:
-        raise InputError(f"{video_set.description}: {len(video_set)} video(s); FVD needs a covariance, so at least 2 per set")
+    _require_two_videos(video_set)
     fingerprint = video_set.fingerprint()
     if cache is not None and Path(cache).exists():
         cached = VideoSetStats.load(cache)
@@ -788,11 +809,7 @@ def distance_between(real: VideoSetStats, fake: VideoSetStats, *, kvd: bool = Fa
         )
     if real.preprocessing != fake.preprocessing:
         raise InputError("the two sets were preprocessed differently; recompute the older statistics")
-    if real.frames != fake.frames:
-        raise InputError(
-            f"the real videos have {real.frames} frames and the fake ones {fake.frames}; FVD compares clips of the "
-            f"same length (use --frames T / frames=T to take the first T frames of each)"
-        )
+    _check_comparable_lengths(real.frames, fake.frames)
     for stats, name in ((real, "real set"), (fake, "fake set")):
         _check_set_size(stats.n, f"{name} ({stats.source})", stats.dim)
     distance = frechet_distance(real.mean, real.cov, fake.mean, fake.cov)
@@ -834,6 +851,11 @@ def fvd(
     if len(caches) > 2:
         raise InputError(f"cache_stats takes at most two paths (real, fake), got {len(cache_stats)}")
     sets = [open_video_set(real, frames=frames), open_video_set(fake, frames=frames)]
+    # Everything checkable without the model is checked before loading it.
+    for video_set in sets:
+        if isinstance(video_set, VideoSet):
+            _require_two_videos(video_set)
+    _check_comparable_lengths(sets[0].frames, sets[1].frames)
     if model is None and all(isinstance(s, VideoSetStats) and c is None for s, c in zip(sets, caches)):
         return distance_between(sets[0], sets[1], kvd=kvd)  # both cached: no model needed
     if model is None:
