@@ -330,7 +330,12 @@ def extract_features(
     items = _items_of(inputs)
     with distributed.process_group(str(device)):
         device = distributed.device_for_rank(str(device))
+        # Rank 0 loads first, so that a first-use download and conversion happens once, not per rank.
+        if not distributed.is_main_process():
+            distributed.barrier()
         model = model if model is not None else cached_model(weights, device, dtype)
+        if distributed.is_main_process():
+            distributed.barrier()
         entry = weights_of(model, weights)
         if spec.endpoint not in model.endpoints:
             raise InputError(f"this model has no endpoint {spec.endpoint}")
