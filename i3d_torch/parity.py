@@ -48,6 +48,7 @@ __all__ = [
     "verify_against_tf",
     "format_table",
     "tfhub_logits_function",
+    "load_tfhub_module",
 ]
 
 #: Absolute bound on the logits (and the softmax), float32 on CPU.
@@ -168,14 +169,12 @@ def tfhub_logits_function(handle: str, input_range: str = "symmetric") -> Callab
     """
     if input_range not in ("symmetric", "unit"):
         raise InputError(f"input_range must be 'symmetric' or 'unit', got {input_range!r}")
+    tf = _import_tensorflow("comparing with a TF-Hub module")
     try:
-        import tensorflow as tf
-        import tensorflow_hub as hub
-    except ImportError as exc:
-        raise I3DError(f"comparing with a TF-Hub module needs TensorFlow: pip install 'i3d-torch[tf]' ({exc})") from None
-    try:
-        signature = hub.load(handle).signatures["default"]
-    except Exception as exc:  # network, missing directory, not a SavedModel, no default signature
+        signature = load_tfhub_module(handle).signatures["default"]
+    except I3DError:
+        raise
+    except Exception as exc:  # missing directory, not a SavedModel, no default signature
         raise WeightsError(f"cannot load the TF-Hub module's default signature: {_first_line(exc)}", handle) from None
     input_names = list(signature.structured_input_signature[1])
     if len(input_names) != 1:
@@ -186,6 +185,34 @@ def tfhub_logits_function(handle: str, input_range: str = "symmetric") -> Callab
         return signature(**{input_names[0]: tf.constant(x, tf.float32)})["default"].numpy()
 
     return logits
+
+
+def load_tfhub_module(handle: str):
+    """Load a TF-Hub module as ``hub.load`` does: a local directory directly with TensorFlow (TF1 Hub
+    modules, marked by ``tfhub_module.pb``, with the empty tag set), a handle through ``tensorflow_hub``
+    (which downloads and caches it). Directories do not need ``tensorflow_hub`` at all."""
+    tf = _import_tensorflow("loading a TF-Hub module")
+    directory = Path(handle)
+    if directory.is_dir():
+        tags = [] if (directory / "tfhub_module.pb").exists() else None
+        return tf.saved_model.load(str(directory), tags=tags)
+    try:
+        import tensorflow_hub as hub
+    except ImportError as exc:
+        # tensorflow_hub 0.16 imports pkg_resources, which setuptools >= 81 no longer ships.
+        raise I3DError(
+            f"resolving a TF-Hub handle needs tensorflow_hub, which failed to import ({exc}); if it is "
+            f"pkg_resources: pip install 'setuptools<81'; or download the module and pass its directory"
+        ) from None
+    return hub.load(handle)
+
+
+def _import_tensorflow(purpose: str):
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise I3DError(f"{purpose} needs TensorFlow: pip install 'i3d-torch[tf]' ({exc})") from None
+    return tf
 
 
 # ---------------------------------------------------------------------------------------------------

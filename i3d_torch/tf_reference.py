@@ -276,9 +276,9 @@ class TFInceptionI3d:
 
     def _logits(self, net, training: bool):
         tf = _tf()
-        t5, h5, w5 = (int(d) for d in net.shape[1:4])
+        t5, h5, w5 = net.shape[1:4]  # None where unknown (a graph-mode placeholder): TF checks at run time
         kt, kh, kw = LOGITS_POOL
-        if not (t5 >= kt and h5 == kh and w5 == kw):
+        if (t5 is not None and t5 < kt) or any(n is not None and n != k for n, k in ((h5, kh), (w5, kw))):
             # TF itself fails here (VALID pool larger than the map, or a squeeze of a non-1 axis); say why.
             raise ValueError(
                 f"DeepMind's Logits head is undefined for Mixed_5c of {t5}x{h5}x{w5} (T'xH'xW'): it needs T' >= {kt} "
@@ -308,7 +308,8 @@ class TFInceptionI3d:
 
         One MetaGraph with the empty tag set (what ``hub.load`` picks for TF1 Hub modules), whose ``default``
         signature maps one video input ``default`` ``[batch, frames, height, width, C]`` to
-        ``{"default": logits [batch, K]}``. Its ``variables/`` checkpoint is keyed by the DeepMind variable
+        ``{"default": logits [batch, K]}`` (input placeholder ``input_frames``, logits tensor
+        ``RGB/inception_i3d/Mean``). Its ``variables/`` checkpoint is keyed by the DeepMind variable
         names, as in a TF1 Hub module, so :func:`i3d_torch.convert.read_source` reads it as a module directory.
         The directory is built beside ``directory`` and renamed into place when complete.
         """
@@ -329,7 +330,10 @@ class TFInceptionI3d:
                 frames = tf.compat.v1.placeholder(
                     tf.float32, [None, None, None, None, self.in_channels], name="input_frames"
                 )
-                logits = twin.logits(frames)
+                # Ops under the variables' scope, as in the TF-Hub module (its logits are
+                # "RGB/inception_i3d/Mean:0", the tensor google-research's FVD code reads).
+                with tf.compat.v1.name_scope(twin.prefix or None):
+                    logits = twin.logits(frames)
                 with tf.compat.v1.Session(graph=graph) as session:
                     session.run(tf.compat.v1.global_variables_initializer())
                     builder = tf.compat.v1.saved_model.Builder(str(build_dir))

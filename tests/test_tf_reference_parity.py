@@ -117,10 +117,10 @@ def test_all_18_endpoints_and_logits_match_tf_at_9_frames(rgb_pair):
 
 
 @pytest.mark.slow
-def test_logits_match_tf_at_79_frames_with_batch_2(rgb_pair):
+def test_logits_match_tf_at_79_frames(rgb_pair):
     model, reference = rgb_pair
-    ours, theirs = run_both(model, reference, random_clip((2, 3, 79, 224, 224), seed=3), ["Logits"])
-    assert ours["Logits"].shape == (2, 400)
+    ours, theirs = run_both(model, reference, random_clip((1, 3, 79, 224, 224), seed=3), ["Logits"])
+    assert ours["Logits"].shape == (1, 400)
     assert_logits_close(ours["Logits"], theirs["Logits"])
 
 
