@@ -1,0 +1,34 @@
+"""The quickstart tutorial runs top to bottom and produces what it promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quickstart_classifies_cricket_and_writes_gif_and_features(tmp_path, rgb_model):
+    # rgb_model makes sure the real weights are fetched and converted before the script runs.
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "quickstart.py"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+    lines = proc.stdout.splitlines()
+    first = lines[lines.index("top 5:") + 1]
+    assert first.split(maxsplit=1)[1] == "playing cricket"
+
+    from PIL import Image
+
+    with Image.open(tmp_path / "model_input.gif") as gif:
+        assert gif.size == (224, 224) and gif.n_frames == 79
+    feature = np.load(tmp_path / "features" / "v_CricketShot_g04_c01_rgb.gif.npy")
+    assert feature.shape == (1024,) and np.isfinite(feature).all()
+    assert (tmp_path / "features" / "manifest.jsonl").exists()
