@@ -155,14 +155,12 @@ class MaxPool3dSame(nn.Module):
         self.stride = tuple(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = [same_padding(n, k, s) for n, k, s in zip(x.shape[-3:], self.kernel_size, self.stride)]
-        if all(before == after for before, after in pads) and all(
-            before <= k // 2 for (before, _), k in zip(pads, self.kernel_size)
-        ):
-            # Symmetric: PyTorch's implicit -inf padding, no copy.
-            return F.max_pool3d(x, self.kernel_size, self.stride, padding=tuple(p for p, _ in pads))
-        x = F.pad(x, _same_pad_arg(x.shape[-3:], self.kernel_size, self.stride), value=float("-inf"))
-        return F.max_pool3d(x, self.kernel_size, self.stride)
+        # TF pads (before, after) with after = before or before + 1. Padding `before` on both sides with
+        # ceil_mode=True yields exactly TF's windows: ceil_mode adds the trailing window that TF's extra
+        # `after` pad creates, and PyTorch's implicit padding is -inf, never the max. So any input size is
+        # exact without an F.pad copy of the activations.
+        before = tuple(same_padding(n, k, s)[0] for n, k, s in zip(x.shape[-3:], self.kernel_size, self.stride))
+        return F.max_pool3d(x, self.kernel_size, self.stride, padding=before, ceil_mode=True)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding=SAME"
