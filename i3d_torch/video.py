@@ -60,6 +60,8 @@ MAX_ASPECT_RATIO = 16.0
 #: Largest decoded frame accepted (pixels): 16K (15360x8640) fits; a damaged header claiming more is refused
 #: before FFmpeg converts it, so a corrupt file cannot make us allocate gigabytes.
 MAX_FRAME_PIXELS = 16384 * 16384
+#: A jump between consecutive timestamps longer than this (seconds) is damage, not a long still frame.
+MAX_TIMESTAMP_GAP = 60.0
 #: Packets demuxed by :func:`probe` to measure the frame rate and detect variable frame rate.
 PROBE_PACKETS = 600
 
@@ -260,21 +262,28 @@ class _SourceFrame:
     load: Callable[[], np.ndarray]
 
 
-def _resample(frames: Iterator[_SourceFrame], fps: Optional[float], default_duration: Fraction) -> Iterator[np.ndarray]:
+def _resample(
+    frames: Iterator[_SourceFrame], fps: Optional[float], default_duration: Fraction, path: str
+) -> Iterator[np.ndarray]:
     """Frames at ``fps`` by presentation time: output k is the source frame whose interval holds t0 + k/fps.
 
     Each source frame is loaded (converted, resized) at most once and only if some output needs it, so
     dropping frames (60 -> 25 fps) costs no conversion. A frame used twice (upsampling) is copied so
     callers may modify what they get. ``fps=None`` passes every frame through.
+
+    Damaged timestamps: one that goes backwards gives its frame a zero-length interval (never shown);
+    a jump forward of more than :data:`MAX_TIMESTAMP_GAP` seconds is taken as a discontinuity and closed
+    to one frame interval (with a warning), so a corrupt timestamp cannot make millions of copies.
     """
     if fps is None:
         for frame in frames:
             yield frame.load()
         return
     step = Fraction(fps).limit_denominator(1_000_000) ** -1
+    max_gap = Fraction(MAX_TIMESTAMP_GAP)
     previous: Optional[_SourceFrame] = None
     previous_array: Optional[np.ndarray] = None
-    t0: Optional[Fraction] = None
+    t0 = shift = Fraction(0)
     k = 0
     last_gap = default_duration
 
@@ -289,18 +298,27 @@ def _resample(frames: Iterator[_SourceFrame], fps: Optional[float], default_dura
             k += 1
 
     for frame in frames:
+        start = frame.start - shift
         if previous is None:
-            t0 = frame.start
+            t0 = start
         else:
-            # Timestamps that go backwards (damaged files) are treated as a zero-length interval.
-            start = max(frame.start, previous.start)
+            start = max(start, previous.start)
+            if start - previous.start > max_gap:
+                warnings.warn(
+                    f"{path}: timestamps jump {float(start - previous.start):.0f} s at {float(previous.start):.2f} s; "
+                    "treated as a discontinuity",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                shift += start - previous.start - last_gap
+                start = previous.start + last_gap
             if start > previous.start:
                 last_gap = start - previous.start
             yield from emit_until(start)
-            frame.start = start
+        frame.start = start
         previous, previous_array = frame, None
     if previous is not None:
-        duration = previous.duration if previous.duration else last_gap
+        duration = previous.duration if previous.duration and previous.duration <= max_gap else last_gap
         yield from emit_until(previous.start + duration)
 
 
@@ -446,7 +464,8 @@ def _iter_video_file(path: str, fps: Optional[float], short_side: Optional[int])
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"  # frame + slice threads: decoding is the bottleneck at high resolution
-        yield from _resample(_decoded_video_frames(container, stream, path, short_side), fps, _nominal_step(stream))
+        decoded = _decoded_video_frames(container, stream, path, short_side)
+        yield from _resample(decoded, fps, _nominal_step(stream), path)
     finally:
         container.close()
 
@@ -483,7 +502,7 @@ def _iter_frame_folder(
         return load
 
     sources = (_SourceFrame(i * step, step, load_file(f)) for i, f in enumerate(files))
-    yield from _resample(sources, fps, step)
+    yield from _resample(sources, fps, step, folder)
 
 
 class _DamagedData(ValueError):

@@ -320,3 +320,10 @@ def test_one_frame_gif_and_one_image_folder_work(tmp_path):
         assert len(frames) == 1 and frames[0].shape == (256, 256, 3)
     # At 25 fps one frame lasting 1/10 s is shown at t = 0, 0.04 and 0.08 s.
     assert len(list(video.iter_frames(gif, fps=25))) == 3
+
+
+def test_timestamp_jump_is_closed_with_a_warning_instead_of_hours_of_copies(tmp_path):
+    path = write_video(tmp_path / "jump.mkv", index_coded_frames(4, 32, 64), 25, timestamps=[0, 0.04, 5000.0, 5000.04])
+    frames, warned = read_counting_warnings(path, short_side=None)
+    assert [frame_index(f) for f in frames] == [0, 1, 2, 3]
+    assert len(warned) == 1 and "timestamps jump 5000 s" in warned[0]
