@@ -114,8 +114,7 @@ def resize_bilinear_tf1(images: torch.Tensor, size: Sequence[int] = FVD_SIZE) ->
     ``[..., size[0], size[1], C]``, equal to TF's output bit for bit (same float32 operations in the same
     order: interpolate along x on the two source rows, then along y). No antialiasing, as in TF.
     """
-    x = images if images.is_floating_point() else images.float()
-    x = x.float()
+    x = images.float()
     height, width = int(x.shape[-3]), int(x.shape[-2])
     y_lower, y_upper, y_weight = (t.to(x.device) for t in _tf1_interpolation(height, int(size[0])))
     x_lower, x_upper, x_weight = (t.to(x.device) for t in _tf1_interpolation(width, int(size[1])))
@@ -859,15 +858,26 @@ def fvd(
     if model is None and all(isinstance(s, VideoSetStats) and c is None for s, c in zip(sets, caches)):
         return distance_between(sets[0], sets[1], kvd=kvd)  # both cached: no model needed
     if model is None:
-        from .weights import load_model
-
-        model = load_model(weights, device=str(distributed.device_for_rank(str(device))))
+        model = _load_model_once(weights, device)
     model.eval()
     stats = [
         compute_stats(s, model, frames=frames, batch_size=batch_size, device=device, progress=progress, cache=c)
         for s, c in zip(sets, caches)
     ]
     return distance_between(stats[0], stats[1], kvd=kvd)
+
+
+def _load_model_once(weights: str, device: Union[str, torch.device]) -> torch.nn.Module:
+    """Load the weights; under torchrun rank 0 goes first, so a first-use download and conversion happens
+    once rather than on every rank at the same time."""
+    from .weights import load_model
+
+    if not distributed.is_main_process():
+        distributed.barrier()
+    model = load_model(weights, device=str(distributed.device_for_rank(str(device))))
+    if distributed.is_main_process():
+        distributed.barrier()
+    return model
 
 
 # Let ``i3d_torch.fvd(real, fake)`` work: once this submodule is imported, the package attribute ``fvd`` is
@@ -944,9 +954,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _cache_only(args: argparse.Namespace, progress: bool) -> VideoSetStats:
-    from .weights import load_model
-
-    model = load_model(args.weights, device=str(distributed.device_for_rank(args.device)))
+    model = _load_model_once(args.weights, args.device)
     return compute_stats(
         args.real, model, frames=args.frames, batch_size=args.batch_size, device=args.device, progress=progress, cache=args.cache_stats[0]
     )

@@ -485,9 +485,10 @@ def encoded_sets(tmp_path_factory):
     return _write_set(root / "real", range(0, 6)), _write_set(root / "fake", range(20, 26))
 
 
-def tf_reference_fvd(tf_model, real_folder: Path, fake_folder: Path):
+def tf_pipeline_fvd(tf_logits, real_folder: Path, fake_folder: Path):
     """The reference pipeline in TensorFlow: TF1 resize_bilinear of every frame to 224x224, 2x/255-1, the
-    I3D logits averaged over time, tensorflow_gan's float64 Frechet distance (transcribed)."""
+    I3D logits averaged over time (``tf_logits``: [1, T, 224, 224, 3] in [-1, 1] -> [1, 400]),
+    tensorflow_gan's float64 Frechet distance (transcribed)."""
     from i3d_torch.video import read_video
 
     tf = _tf()
@@ -498,7 +499,7 @@ def tf_reference_fvd(tf_model, real_folder: Path, fake_folder: Path):
             frames, _ = read_video(path, fps=None, short_side=None)  # the same decoded frames as ours
             resized = tf.compat.v1.image.resize_bilinear(frames, (224, 224))
             clip = 2.0 * tf.cast(resized, tf.float32) / 255.0 - 1.0
-            rows.append(tf_model.logits(clip[tf.newaxis]).numpy()[0])
+            rows.append(np.asarray(tf_logits(clip[tf.newaxis].numpy()))[0])
         return np.stack(rows)
 
     real, fake = embed(real_folder), embed(fake_folder)
@@ -506,29 +507,51 @@ def tf_reference_fvd(tf_model, real_folder: Path, fake_folder: Path):
 
 
 @pytest.fixture(scope="module")
-def tf_rgb_model(rgb_model):
-    _tf()
-    from i3d_torch.parity import source_for_weights
-    from i3d_torch.tf_reference import TFInceptionI3d
-
-    return TFInceptionI3d(source_for_weights(rgb_model.weights_info).variables)
-
-
-@pytest.mark.slow
-def test_fvd_equals_the_tensorflow_reference_pipeline(encoded_sets, rgb_model, tf_rgb_model):
-    real_folder, fake_folder = encoded_sets
+def torch_stats_of_encoded_sets(encoded_sets, rgb_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallSampleWarning)
-        real = compute_stats(real_folder, rgb_model, batch_size=3)
-        fake = compute_stats(fake_folder, rgb_model, batch_size=3)
+        return [compute_stats(folder, rgb_model, batch_size=3) for folder in encoded_sets]
+
+
+def _assert_fvd_agrees(torch_stats, tf_logits, encoded_sets, label):
+    real, fake = torch_stats
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
         ours = distance_between(real, fake)
-    expected, tf_real, tf_fake = tf_reference_fvd(tf_rgb_model, real_folder, fake_folder)
+    expected, tf_real, tf_fake = tf_pipeline_fvd(tf_logits, *encoded_sets)
     embedding_diff = max(np.abs(real.embeddings - tf_real).max(), np.abs(fake.embeddings - tf_fake).max())
-    print(f"FVD torch {ours.fvd:.6f} TF {expected:.6f} rel {abs(ours.fvd - expected) / expected:.2e}; max |logit diff| {embedding_diff:.2e}")
+    print(f"FVD torch {ours.fvd:.6f} {label} {expected:.6f} rel {abs(ours.fvd - expected) / expected:.2e}; max |logit diff| {embedding_diff:.2e}")
     np.testing.assert_allclose(real.embeddings, tf_real, rtol=0, atol=1e-3)
     np.testing.assert_allclose(fake.embeddings, tf_fake, rtol=0, atol=1e-3)
     assert ours.fvd > 1.0  # different videos: a distance well above rounding
     assert ours.fvd == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_fvd_equals_the_tensorflow_reference_pipeline(encoded_sets, torch_stats_of_encoded_sets, rgb_model):
+    """TF side: the project's TF rendering of DeepMind's graph, built from the same real weights."""
+    _tf()
+    from i3d_torch.parity import source_for_weights
+    from i3d_torch.tf_reference import TFInceptionI3d
+
+    tf_model = TFInceptionI3d(source_for_weights(rgb_model.weights_info).variables)
+    _assert_fvd_agrees(torch_stats_of_encoded_sets, lambda clip: tf_model.logits(clip).numpy(), encoded_sets, "TF reference")
+
+
+@pytest.fixture(scope="module")
+def tfhub_handle() -> str:
+    handle = os.environ.get("I3D_TFHUB_MODULE")
+    if not handle:
+        pytest.skip("set I3D_TFHUB_MODULE to the i3d-kinetics-400 TF-Hub handle or a downloaded module directory")
+    return handle
+
+
+@pytest.mark.slow
+def test_fvd_equals_the_pipeline_on_the_real_tfhub_module(tfhub_handle, encoded_sets, torch_stats_of_encoded_sets):
+    """TF side: the TF-Hub module the reference downloads, when available (opt-in: it needs a download)."""
+    from i3d_torch.parity import tfhub_logits_function
+
+    _assert_fvd_agrees(torch_stats_of_encoded_sets, tfhub_logits_function(tfhub_handle), encoded_sets, "TF-Hub module")
 
 
 # ---------------------------------------------------------------------------------------------------
