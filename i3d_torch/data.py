@@ -103,9 +103,20 @@ def _sorted_classes(names) -> List[str]:
 def _checked(videos: VideoList) -> VideoList:
     if not videos.paths:
         raise InputError("no videos found", videos.source)
-    if len(videos.classes) < 2:
-        raise InputError(f"need at least 2 classes to train a classifier, found {videos.classes}", videos.source)
     return videos
+
+
+def _videos_below(folder: Path) -> List[Path]:
+    """Video files and frame folders under ``folder``; a frame folder is one video, not searched further."""
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if _is_video(entry):
+            found.append(entry)
+        elif entry.is_dir():
+            found.extend(_videos_below(entry))
+    return found
 
 
 def read_folder(root: PathLike) -> VideoList:
@@ -119,7 +130,7 @@ def read_folder(root: PathLike) -> VideoList:
     classes = [d.name for d in class_dirs]
     paths, labels = [], []
     for label, folder in enumerate(class_dirs):
-        found = sorted(p for p in folder.rglob("*") if p.is_file() and _is_video(p))
+        found = sorted(_videos_below(folder))
         paths.extend(found)
         labels.extend([label] * len(found))
     return _checked(VideoList(paths, labels, classes, str(root)))
@@ -230,18 +241,27 @@ def read_split_files(root: PathLike, split_files: Sequence[PathLike], subset: st
     return _checked(VideoList([p for p, _ in entries], [index[c] for _, c in entries], class_order, source))
 
 
-def discover(source: PathLike, split_files: Optional[Sequence[PathLike]] = None, subset: str = "train") -> VideoList:
-    """A folder of class subfolders, a ``path,label`` CSV, or a root with split files."""
+def discover(
+    source: PathLike, split_files: Optional[Sequence[PathLike]] = None, subset: str = "train", min_classes: int = 1
+) -> VideoList:
+    """A folder of class subfolders, a ``path,label`` CSV, or a root with split files.
+
+    ``min_classes``: refuse a set with fewer classes (a training set needs 2).
+    """
     source = Path(source)
     if split_files:
-        return read_split_files(source, split_files, subset)
-    if source.is_dir():
-        return read_folder(source)
-    if source.is_file():
+        videos = read_split_files(source, split_files, subset)
+    elif source.is_dir():
+        videos = read_folder(source)
+    elif source.is_file():
         if source.suffix.lower() not in (".csv", ".txt"):
             raise InputError("expected a folder of class subfolders or a CSV file 'path,label'", source)
-        return read_csv(source)
-    raise InputError("data set not found (expected a folder of class subfolders or a CSV file)", source)
+        videos = read_csv(source)
+    else:
+        raise InputError("data set not found (expected a folder of class subfolders or a CSV file)", source)
+    if len(videos.classes) < min_classes:
+        raise InputError(f"need at least {min_classes} classes, found {videos.classes}", videos.source)
+    return videos
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -279,6 +299,7 @@ class VideoClips(Dataset):
             ``clip_frames`` with that stride, stacked as ``[W, C, T, S, S]``; use :func:`collate_windows`).
         fps, short_side, crop_size: decoding and crop geometry (DeepMind's: 25, 256, 224).
         seed: base of the per-clip random streams; :meth:`set_epoch` changes them every epoch.
+        flip: random left-right flips in training (turn off when left/right carries the label).
         modality: ``"rgb"``; flow needs precomputed flow and is not decoded here.
     """
 
@@ -293,6 +314,7 @@ class VideoClips(Dataset):
         short_side: int = 256,
         crop_size: int = 224,
         seed: int = 0,
+        flip: bool = True,
         modality: str = "rgb",
     ):
         if modality != "rgb":
@@ -312,6 +334,7 @@ class VideoClips(Dataset):
         self.short_side = short_side
         self.crop_size = crop_size
         self.seed = int(seed)
+        self.flip = flip
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -339,7 +362,7 @@ class VideoClips(Dataset):
             rng = self.rng(index)
             start = temporal_window(len(frames), self.clip_frames, rng)
             clip = _crop(frames[start : start + self.clip_frames], self.crop_size, rng, path)
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and self.flip:
                 clip = clip[:, :, ::-1]  # left-right flip, the same for every frame of the clip
             return self._to_tensor(clip), label, index
         if self.eval_windows == "center":

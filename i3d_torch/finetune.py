@@ -64,7 +64,9 @@ CHECKPOINT_FORMAT = "i3d_torch.finetune/1"
 #: Starting from random weights instead of a registered/converted file.
 SCRATCH = "none"
 #: Options that may differ between a run and its resumption without changing the result.
-RESUME_MAY_CHANGE = {"resume", "num_workers", "progress", "checkpoint_every", "keep_checkpoints", "log_every"}
+RESUME_MAY_CHANGE = {
+    "resume", "num_workers", "progress", "checkpoint_every", "keep_checkpoints", "log_every", "eval_every"
+}
 
 
 @dataclass
@@ -98,6 +100,8 @@ class FinetuneConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     eval_windows: str = "center"
+    eval_every: int = 1  # epochs between validations; the last epoch is always validated
+    flip: bool = True
     fps: float = 25.0
     short_side: int = 256
     crop_size: int = 224
@@ -110,7 +114,7 @@ class FinetuneConfig:
     resume: bool = False
 
     def validate(self) -> None:
-        positive = ("epochs", "clip_frames", "batch_size", "accumulate", "keep_checkpoints", "log_every")
+        positive = ("epochs", "clip_frames", "batch_size", "accumulate", "keep_checkpoints", "log_every", "eval_every")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -587,7 +591,7 @@ class _Run:
         if config.amp == "fp16" and self.device.type != "cuda":
             raise InputError("--amp fp16 needs a CUDA device (use bf16 on CPU)")
 
-        self.train_videos = discover(config.data, config.split_files, "train")
+        self.train_videos = discover(config.data, config.split_files, "train", min_classes=2)
         self.val_videos = self._validation_set()
         self.classes = self.train_videos.classes
         self.per_step = config.batch_size * config.accumulate
@@ -680,6 +684,7 @@ class _Run:
             short_side=config.short_side,
             crop_size=config.crop_size,
             seed=config.seed,
+            flip=config.flip,
         )
 
     def _restore(self, state: dict) -> Tuple[int, int, int]:
@@ -757,7 +762,8 @@ class _Run:
         try:
             for epoch in range(start_epoch, config.epochs):
                 step = self._train_epoch(epoch, step, skip if epoch == start_epoch else 0, bar)
-                if self.val_videos is not None:
+                due = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+                if self.val_videos is not None and due:
                     last_eval = self._validate(epoch, step)
                 self._checkpoint(step, epoch + 1, 0)
         finally:
@@ -908,6 +914,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--clip-frames", type=int, default=d.clip_frames, help="frames per training clip (paper: 64)")
     data.add_argument("--eval-windows", choices=("center", "all"), default=d.eval_windows,
                       help="evaluate the centre clip, or average the logits of all windows")
+    data.add_argument("--eval-every", type=int, default=d.eval_every, metavar="EPOCHS",
+                      help="validate every N epochs (and always after the last)")
+    data.add_argument("--no-flip", dest="flip", action="store_false",
+                      help="no random left-right flips (for labels that depend on left/right)")
     data.add_argument("--fps", type=float, default=d.fps)
     data.add_argument("--short-side", type=int, default=d.short_side)
     data.add_argument("--crop-size", type=int, default=d.crop_size)
