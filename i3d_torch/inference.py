@@ -115,7 +115,7 @@ class Windowing:
         return self.stride or max(1, self.clip_frames // 2)
 
     def to_dict(self) -> dict:
-        return {"clip_frames": self.clip_frames, "stride": self.effective_stride}
+        return {"clip_frames": self.clip_frames, "stride": self.effective_stride, "rule": self.describe()}
 
 
 def iter_windows(items: Iterable[Any], windowing: Windowing) -> Iterator[Tuple[int, int, List[Any]]]:
