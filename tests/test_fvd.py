@@ -420,24 +420,50 @@ def random_weights(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_cli_folder_against_npy_with_cache_and_kvd(tmp_path, random_weights):
-    real = tmp_path / "real"
+@pytest.fixture(scope="module")
+def cli_sets(tmp_path_factory):
+    """A folder of three H.264 videos and a .npy of three others, 9 frames of 48x64."""
+    root = tmp_path_factory.mktemp("cli_sets")
     for seed in range(3):
-        write_video(real / f"v{seed}.mp4", moving_shapes(9, 48, 64, seed=seed), fps=25)
-    fake = tmp_path / "fake.npy"
-    np.save(fake, np.stack([moving_shapes(9, 48, 64, seed=10 + s) for s in range(3)]))
-    cache = tmp_path / "real_stats.npz"
-    first = _cli(real, fake, "--json", "--kvd", "--weights", random_weights, "--cache-stats", cache, "--batch-size", "2")
-    assert first.returncode == 0, first.stderr
+        write_video(root / "real" / f"v{seed}.mp4", moving_shapes(9, 48, 64, seed=seed), fps=25)
+    np.save(root / "fake.npy", np.stack([moving_shapes(9, 48, 64, seed=10 + s) for s in range(3)]))
+    return root / "real", root / "fake.npy"
+
+
+@pytest.fixture(scope="module")
+def single_process_cli(cli_sets, random_weights, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cli_cache") / "real_stats.npz"
+    run = _cli(*cli_sets, "--json", "--kvd", "--weights", random_weights, "--cache-stats", cache, "--batch-size", "2")
+    assert run.returncode == 0, run.stderr
+    return run, cache
+
+
+@pytest.mark.slow
+def test_cli_folder_against_npy_with_cache_and_kvd(cli_sets, single_process_cli, random_weights):
+    first, cache = single_process_cli
     result = json.loads(first.stdout)
     assert result["n_real"] == 3 and result["n_fake"] == 3 and result["frames"] == 9
     assert result["fvd"] > 0 and "kvd" in result
     assert "rank-deficient" in first.stderr and "Traceback" not in first.stderr
     # The cache stands in for the folder: same FVD without decoding or embedding it again.
-    second = _cli(cache, fake, "--json", "--weights", random_weights)
+    second = _cli(cache, cli_sets[1], "--json", "--weights", random_weights)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["fvd"] == pytest.approx(result["fvd"], rel=1e-12)
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_prints_the_single_process_result_once(cli_sets, single_process_cli, random_weights):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(30500 + os.getpid() % 1000),
+               "-m", "i3d_torch", "fvd", *map(str, cli_sets), "--json", "--kvd", "--weights", str(random_weights), "--batch-size", "2"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # rank 0 prints; rank 1 does not
+    sharded, single = json.loads(lines[0]), json.loads(single_process_cli[0].stdout)
+    assert (sharded["n_real"], sharded["n_fake"]) == (3, 3)
+    # Same videos, same order; only the batches differ (rounding of batched convolutions).
+    assert sharded["fvd"] == pytest.approx(single["fvd"], rel=1e-5)
+    assert sharded["kvd"] == pytest.approx(single["kvd"], rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize(
