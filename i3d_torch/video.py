@@ -58,7 +58,7 @@ FALLBACK_FPS = 25.0
 #: (4000x16 with short side 256 would be 64000 px wide, 49 MB a frame) and no crop of it is meaningful.
 MAX_ASPECT_RATIO = 16.0
 #: Largest decoded frame accepted (pixels): 16K (15360x8640) fits; a damaged header claiming more is refused
-#: before FFmpeg converts it, so a corrupt file cannot make us allocate gigabytes.
+#: before the frame is converted to RGB, so a corrupt file cannot make us allocate gigabytes more.
 MAX_FRAME_PIXELS = 16384 * 16384
 #: A jump between consecutive timestamps longer than this (seconds) is damage, not a long still frame.
 MAX_TIMESTAMP_GAP = 60.0
@@ -66,8 +66,10 @@ MAX_TIMESTAMP_GAP = 60.0
 PROBE_PACKETS = 600
 
 # Demuxers that read a single still image; such a file is not a video even when named .mp4.
+# (gif_pipe reads animated GIFs, so it stays a video.)
 _IMAGE_FORMAT_PREFIXES = ("image2",)
 _IMAGE_FORMAT_SUFFIX = "_pipe"
+_ANIMATED_IMAGE_FORMATS = ("gif_pipe",)
 
 # Exceptions a damaged file can raise while decoding or converting a frame. Anything else is a bug and
 # must surface. (FFmpeg's errors all derive from av.FFmpegError; cv2.error comes from imdecode.)
@@ -285,7 +287,7 @@ def _resample(
     previous_array: Optional[np.ndarray] = None
     t0 = shift = Fraction(0)
     k = 0
-    last_gap = default_duration
+    last_gap = min(default_duration, max_gap)  # a damaged header can state a rate of one frame a day
 
     def emit_until(end: Fraction) -> Iterator[np.ndarray]:
         nonlocal k, previous_array
@@ -327,7 +329,10 @@ def _resample(
 
 def _is_image_format(container: "av.container.InputContainer") -> bool:
     names = container.format.name.split(",")
-    return any(n.startswith(_IMAGE_FORMAT_PREFIXES) or n.endswith(_IMAGE_FORMAT_SUFFIX) for n in names)
+    return any(
+        (n.startswith(_IMAGE_FORMAT_PREFIXES) or n.endswith(_IMAGE_FORMAT_SUFFIX)) and n not in _ANIMATED_IMAGE_FORMATS
+        for n in names
+    )
 
 
 def _open_error(path: str, error: Exception) -> VideoError:

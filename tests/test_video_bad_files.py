@@ -327,3 +327,22 @@ def test_timestamp_jump_is_closed_with_a_warning_instead_of_hours_of_copies(tmp_
     frames, warned = read_counting_warnings(path, short_side=None)
     assert [frame_index(f) for f in frames] == [0, 1, 2, 3]
     assert len(warned) == 1 and "timestamps jump 5000 s" in warned[0]
+
+
+def test_a_damaged_frame_rate_cannot_make_endless_frames(tmp_path):
+    """An AVI header stating 25 frames per 8388609 s (found by the fuzz test) gives 97 hours between frames:
+    each jump is closed to the 60 s limit, so 4 frames give at most 4 x 60 s of output, not millions."""
+    path = write_video(tmp_path / "clip.avi", index_coded_frames(4, 32, 64), 25, "mjpeg")
+    data = bytearray(path.read_bytes())
+    header = data.index(b"strh") + 8  # AVISTREAMHEADER: dwScale at +20, dwRate at +24 (little-endian)
+    data[header + 20 : header + 28] = (8388609).to_bytes(4, "little") + (25).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    assert video.probe(path).fps == pytest.approx(25 / 8388609)
+    count, warned = 0, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in video.iter_frames(path, short_side=16):
+            count += 1
+            assert count <= 4 * 60 * 25
+        warned = [str(w.message) for w in caught]
+    assert count > 4 and any("treated as a discontinuity" in w for w in warned)

@@ -46,14 +46,14 @@ import json, sys, warnings
 warnings.simplefilter("ignore")
 from i3d_torch import video
 from i3d_torch.errors import VideoError
-for line in sys.stdin:
+for line in open(sys.argv[1], encoding="utf-8"):
     path = line.rstrip("\n")
     print(json.dumps({"start": path}), flush=True)
     outcome = {"path": path}
     try:
-        frames = [f.shape for f in video.iter_frames(path, fps=25, short_side=64)]
+        frames = sum(1 for _ in video.iter_frames(path, fps=25, short_side=64))
         video.probe(path)
-        outcome["result"] = f"{len(frames)} frames"
+        outcome["result"] = f"{frames} frames"
     except VideoError as e:
         message = str(e)
         outcome["result"] = "VideoError" if ("\n" not in message and message.startswith(path + ": ")) else (
@@ -116,15 +116,19 @@ def _forward_lines(stream, lines: queue.Queue) -> None:
     lines.put(None)  # the worker exited
 
 
-def run_worker(paths: List[Path]) -> dict:
-    """Outcome of each path: '<n> frames', 'VideoError', another exception, 'crash (...)' or 'hang'."""
+def run_worker(paths: List[Path], list_file: Path) -> dict:
+    """Outcome of each path: '<n> frames', 'VideoError', another exception, 'crash (...)' or 'hang'.
+
+    The worker reads its paths from ``list_file`` (a pipe could block the parent while the worker hangs).
+    """
     outcomes: dict = {}
     remaining = [str(p) for p in paths]
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     while remaining:
+        list_file.write_text("".join(p + "\n" for p in remaining), encoding="utf-8")
         worker = subprocess.Popen(
-            [sys.executable, "-c", WORKER],
-            stdin=subprocess.PIPE,
+            [sys.executable, "-c", WORKER, str(list_file)],
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -132,8 +136,6 @@ def run_worker(paths: List[Path]) -> dict:
         )
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=_forward_lines, args=(worker.stdout, lines), daemon=True).start()
-        worker.stdin.write("".join(p + "\n" for p in remaining))
-        worker.stdin.close()
         current, started = None, False
         while True:
             try:
@@ -162,7 +164,7 @@ def run_worker(paths: List[Path]) -> dict:
 @pytest.mark.slow
 def test_mutated_videos_give_frames_or_a_clean_video_error(tmp_path):
     mutants = make_mutants(tmp_path, MUTANTS, SEED)
-    outcomes = run_worker([path for path, _ in mutants])
+    outcomes = run_worker([path for path, _ in mutants], tmp_path / "paths.txt")
     assert len(outcomes) == len(mutants)
     bad = {p: r for p, r in outcomes.items() if not (r == "VideoError" or r.endswith(" frames"))}
     report = "\n".join(f"{Path(p).name}: {r}" for p, r in sorted(bad.items()))
@@ -181,7 +183,7 @@ def test_the_fuzz_harness_reports_crashes_and_hangs(tmp_path, monkeypatch):
         path.write_bytes(b"x")
     fake_worker = r"""
 import json, os, signal, sys, time
-for line in sys.stdin:
+for line in open(sys.argv[1]):
     path = line.rstrip("\n")
     print(json.dumps({"start": path}), flush=True)
     if path.endswith("crash.mp4"):
@@ -192,7 +194,7 @@ for line in sys.stdin:
 """
     monkeypatch.setattr(sys.modules[__name__], "WORKER", fake_worker)
     monkeypatch.setattr(sys.modules[__name__], "PER_FILE_SECONDS", 1.0)
-    outcomes = run_worker([crash, hang, fine])
+    outcomes = run_worker([crash, hang, fine], tmp_path / "paths.txt")
     assert outcomes[str(crash)].startswith("crash (exit status -11")
     assert outcomes[str(hang)] == "hang"
     assert outcomes[str(fine)] == "3 frames"
