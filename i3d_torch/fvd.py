@@ -294,7 +294,7 @@ class ArrayVideoSet(VideoSet):
         video_bytes = max(1, int(np.prod(self.videos.shape[1:])) * item_size)
         step = max(1, 2**26 // video_bytes)  # ~64 MB at a time
         for start in range(0, len(self), step):
-            digest.update(self._take(range(start, min(start + step, len(self)))).cpu().contiguous().numpy().tobytes())
+            digest.update(self._take(range(start, min(start + step, len(self)))).detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
 
@@ -401,16 +401,17 @@ def _check_same_frames(frame_counts: Sequence[int], names: Sequence[str]) -> Non
             )
 
 
-def open_video_set(source: Any, *, frames: Optional[int] = None) -> Union[VideoSet, "VideoSetStats"]:
+def open_video_set(source: Any, *, frames: Optional[int] = None, name: str = "array") -> Union[VideoSet, "VideoSetStats"]:
     """A set of videos from what the user gave: array/tensor, ``.npy``, ``.npz`` statistics, or folder.
 
-    ``frames`` (optional) keeps the first T frames of every video.
+    ``frames`` (optional) keeps the first T frames of every video; ``name`` names an in-memory array in
+    messages (files are named by their path).
     """
     if isinstance(source, (VideoSetStats, VideoSet)):
         return source
     if isinstance(source, (np.ndarray, torch.Tensor)):
         videos = source if frames is None else source[:, :frames]
-        return ArrayVideoSet(videos, "array")
+        return ArrayVideoSet(videos, name)
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"a set of videos is an array, a .npy, a .npz of statistics or a folder; got {type(source).__name__}")
     path = Path(source)
@@ -640,6 +641,12 @@ def _progress(total: int, description: str, enabled: bool):
     return tqdm(total=total, desc=description, unit="video", disable=not enabled, file=sys.stderr, leave=False)
 
 
+def _prepared_batch(video_set: VideoSet, indices: Sequence[int], device: torch.device) -> torch.Tensor:
+    # Runs on the worker thread, where the caller's inference mode (thread-local) does not reach.
+    with torch.inference_mode():
+        return video_set.resized_batch(indices, device)
+
+
 @torch.inference_mode()
 def embed_videos(
     video_set: VideoSet,
@@ -669,10 +676,10 @@ def embed_videos(
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, _progress(
             len(indices), f"embedding {video_set.description}", progress
         ) as bar:
-            pending = pool.submit(video_set.resized_batch, batches[0], device) if batches else None
+            pending = pool.submit(_prepared_batch, video_set, batches[0], device) if batches else None
             for k, batch in enumerate(batches):
                 resized = pending.result()
-                pending = pool.submit(video_set.resized_batch, batches[k + 1], device) if k + 1 < len(batches) else None
+                pending = pool.submit(_prepared_batch, video_set, batches[k + 1], device) if k + 1 < len(batches) else None
                 frame_counts.extend([int(resized.shape[1])] * len(batch))
                 names.extend(video_set.name(i) for i in batch)
                 _check_same_frames(frame_counts, names)
@@ -849,7 +856,7 @@ def fvd(
     caches = list(cache_stats) + [None] * (2 - len(cache_stats))
     if len(caches) > 2:
         raise InputError(f"cache_stats takes at most two paths (real, fake), got {len(cache_stats)}")
-    sets = [open_video_set(real, frames=frames), open_video_set(fake, frames=frames)]
+    sets = [open_video_set(real, frames=frames, name="real"), open_video_set(fake, frames=frames, name="fake")]
     # Everything checkable without the model is checked before loading it.
     for video_set in sets:
         if isinstance(video_set, VideoSet):
