@@ -43,6 +43,7 @@ from .inference import (
     progress_bar,
     produce_batches,
     run_model,
+    unsupported_dtype,
     weights_of,
 )
 from .model import ENDPOINTS
@@ -117,7 +118,13 @@ def _walk(root: Path) -> List[Path]:
     from .video import VIDEO_EXTENSIONS
 
     found = []
+    visited = set()
     for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:  # a symbolic link back up the tree: walking on would never end
+            subfolders[:] = []
+            continue
+        visited.add(real)
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         here = Path(folder)
         if here != root and _is_frame_folder(here):
@@ -350,6 +357,11 @@ def extract_features(
             streams=(entry.modality,),
             min_frames={entry.modality: entry.min_frames if needs_logits else 1},
         )
+        if needs_logits and settings.crop != "full" and settings.crop_size < 193:
+            raise InputError(
+                f"crop size {settings.crop_size} is too small for the {spec.name} endpoint (the logits head needs "
+                f">= 193 pixels, as in TF); use the default 224 or a feature endpoint such as pooled"
+            )
         config = {
             "endpoint": spec.name,
             "pooled": spec.pool,
@@ -412,6 +424,8 @@ def _extract(todo, out_dir, part, model, spec, settings, preprocess, batch_size,
                 except (I3DError, ValueError) as exc:
                     model_errors[event.index] = f"{item.path}: {' '.join(str(exc).split())}"
                     continue
+                except NotImplementedError as exc:  # a dtype this device cannot run: every input would fail
+                    raise unsupported_dtype(exc) from None
                 # windows * crops rows -> windows rows, averaging the crops
                 out = out.view(len(event.spans), event.crops, *out.shape[1:]).mean(dim=1).numpy()
                 per_window.setdefault(event.index, []).extend(out)

@@ -480,6 +480,14 @@ def per_time_logits(model: InceptionI3d, x: torch.Tensor) -> torch.Tensor:
         return model.Logits(features).float().cpu()
 
 
+def unsupported_dtype(exc: BaseException) -> InputError:
+    """PyTorch lacks some kernels in reduced precision on some devices (CPU avg_pool3d in bfloat16/float16)."""
+    return InputError(
+        f"the model cannot run in this dtype on this device ({' '.join(str(exc).split())}); "
+        f"use --dtype float32, or bfloat16/float16 on a GPU"
+    )
+
+
 def fuse_streams(time_logits: Sequence[torch.Tensor]) -> torch.Tensor:
     """Sum the streams' per-time logits ``[N, K, T'']`` (DeepMind's two-stream fusion adds logits).
 
@@ -730,6 +738,8 @@ def _score(prefetcher, sources, streams: Streams, settings: ClipSettings, top_k,
             except (I3DError, ValueError) as exc:  # e.g. an input the network cannot take
                 failed[event.index] = as_i3d_error(InputError(str(exc)), source_name(sources[event.index]))
                 continue
+            except NotImplementedError as exc:  # a dtype this device has no kernel for: every video would fail
+                raise unsupported_dtype(exc) from None
             finally:
                 timing.model_s += time.perf_counter() - started
             time_logits = time_logits.view(len(event.spans), event.crops, *time_logits.shape[1:]).mean(dim=1)

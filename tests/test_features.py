@@ -84,6 +84,12 @@ def test_list_file_paths_are_relative_to_the_list_and_named_from_their_common_fo
     assert [i.rel for i in collect_inputs(listing)] == ["a.mp4", "sub/a.mp4"]
 
 
+def test_symbolic_link_loop_in_the_input_folder_is_walked_once(tmp_path):
+    write_video(tmp_path / "sub" / "v.mp4", moving_shapes(2, 16, 16), 25)
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path)
+    assert [i.rel for i in collect_inputs(tmp_path)] == ["sub/v.mp4"]
+
+
 def test_outputs_that_would_collide_are_refused(tmp_path):
     write_frame_folder(tmp_path / "x.mp4.windows", moving_shapes(2, 16, 16))
     write_video(tmp_path / "x.mp4", moving_shapes(2, 16, 16), 25)

@@ -130,6 +130,21 @@ def test_short_clip_is_looped_to_the_minimum_length(rgb_weights, rgb_model_rando
     assert result.frames == 4
 
 
+def test_bfloat16_gives_float32_logits_close_to_float32_or_a_clear_error(rgb_weights, rgb_model_random):
+    model = inference.cached_model(rgb_weights, "cpu", "bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    frames = moving_shapes(9, 224, 224)
+    try:
+        result = classify(frames, weights=rgb_weights, dtype=torch.bfloat16)
+    except I3DError as exc:  # PyTorch 2.13 has no CPU bfloat16 avg_pool3d (the logits head)
+        assert "use --dtype float32" in str(exc) and "\n" not in str(exc)
+        return
+    assert result.logits.dtype == np.float32
+    expected = _reference_logits(rgb_model_random, frames)[0]
+    # bfloat16 keeps 8 bits of mantissa; through 60 layers the logits stay within a few % of their range.
+    assert_close(result.logits, expected, rtol=0, atol=0.05 * float(np.abs(expected).max()))
+
+
 def test_classify_reuses_the_loaded_model(rgb_weights, monkeypatch):
     import i3d_torch.weights
 
