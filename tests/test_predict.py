@@ -17,7 +17,7 @@ import torch
 from torch.testing import assert_close
 
 from i3d_torch import inference
-from i3d_torch.errors import I3DError, VideoError
+from i3d_torch.errors import I3DError
 from i3d_torch.inference import Windowing, classify, window_spans
 from i3d_torch.model import InceptionI3d
 from i3d_torch.transforms import flow_to_model_input, rgb_to_model_input
