@@ -166,6 +166,7 @@ class FinetuneResult:
     steps: int
     classes: List[str]
     final_eval: Optional[EvalResult]
+    model: InceptionI3d  # the trained network (this rank's copy, eval mode)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -571,6 +572,9 @@ def finetune(data: PathLike, out: PathLike, **options) -> FinetuneResult:
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"unknown finetune option(s): {', '.join(unknown)}")
+    for name in ("val", "weights"):  # paths may come as Path objects; the config is plain JSON
+        if isinstance(options.get(name), os.PathLike):
+            options[name] = os.fspath(options[name])
     config = FinetuneConfig(data=os.fspath(data), out=os.fspath(out), **options)
     config.split_files = [os.fspath(p) for p in config.split_files]
     config.val_split_files = [os.fspath(p) for p in config.val_split_files]
@@ -887,7 +891,7 @@ class _Run:
                 write_json(self.run_dir / "confusion_matrix.json", last_eval.to_dict())
                 plot_confusion(last_eval, self.run_dir / "confusion_matrix.png")
         ddp_env.barrier()
-        return FinetuneResult(self.run_dir, model_path, step, list(self.classes), last_eval)
+        return FinetuneResult(self.run_dir, model_path, step, list(self.classes), last_eval, self.model.eval())
 
 
 # ---------------------------------------------------------------------------------------------------
