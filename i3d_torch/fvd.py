@@ -208,9 +208,9 @@ def check_video_array(videos: ArrayLike, name: str = "videos") -> None:
 
 def _too_few_frames(frames: int, name: str) -> str:
     return (
-        f"{name}: {frames} frame(s) per video; FVD needs at least {MIN_FRAMES}: I3D's logits head (TF's 2x7x7 "
-        f"VALID average pool, as in the TF-Hub module the reference embeds with) is undefined for shorter clips, "
-        f"and the reference fails on them too"
+        f"{name}: {frames} frame(s) per video; FVD needs at least {MIN_FRAMES}: I3D's logits head (a 2x7x7 VALID "
+        f"average pool, as in the TF-Hub module the reference embeds with) is undefined for shorter clips, where "
+        f"the reference's embeddings come out NaN"
     )
 
 
