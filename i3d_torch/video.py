@@ -577,8 +577,9 @@ def iter_frames(
     path, is_folder = _check_path(path)
     if fps is not None and not fps > 0:
         raise InputError(f"fps must be positive or None, got {fps!r}")
-    if short_side is not None and not short_side >= 1:
-        raise InputError(f"short_side must be a positive number of pixels or None, got {short_side!r}")
+    if short_side is not None and not (short_side >= 1 and int(short_side) == short_side):
+        raise InputError(f"short_side must be a positive whole number of pixels or None, got {short_side!r}")
+    short_side = None if short_side is None else int(short_side)
     if is_folder:
         if not folder_fps > 0:
             raise InputError(f"folder_fps must be positive, got {folder_fps!r}")
