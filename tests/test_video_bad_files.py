@@ -301,6 +301,9 @@ def test_bad_arguments_are_input_errors(tmp_path):
         video.iter_frames(path, fps=0)
     with pytest.raises(InputError, match="short_side"):
         video.iter_frames(path, short_side=0)
+    with pytest.raises(InputError, match="whole number of pixels"):
+        video.iter_frames(path, short_side=255.5)
+    assert next(video.iter_frames(path, short_side=256.0)).shape == (256, 341, 3)
 
 
 def test_stopping_early_closes_the_file(tmp_path):

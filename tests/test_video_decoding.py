@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,7 +230,7 @@ def test_small_frames_are_enlarged_to_the_short_side(tmp_path):
 def test_gif_decodes_like_pillow(tmp_path):
     from PIL import Image, ImageSequence
 
-    gif = video.__file__.replace("video.py", "assets/v_CricketShot_g04_c01_rgb.gif")
+    gif = Path(video.__file__).parent / "assets" / "v_CricketShot_g04_c01_rgb.gif"
     with Image.open(gif) as image:
         expected = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(image)])
     got = np.stack(list(video.iter_frames(gif, fps=None, short_side=None)))
