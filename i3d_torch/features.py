@@ -58,7 +58,7 @@ ENDPOINT_ALIASES = {"pooled": "Mixed_5c", "logits": "Logits"}
 #: Endpoints that are already vectors per clip, so there is nothing to pool.
 VECTOR_ENDPOINTS = ("Logits", "Predictions")
 #: Record keys that must match for an existing output to count as done in this run.
-CONFIG_KEYS = ("endpoint", "pooled", "weights_sha256", "preprocessing")
+CONFIG_KEYS = ("endpoint", "pooled", "weights_sha256", "preprocessing", "dtype")
 
 
 @dataclass(frozen=True)
@@ -367,6 +367,7 @@ def extract_features(
             "pooled": spec.pool,
             "weights_sha256": entry.sha256 or sha256_file(entry.path),
             "preprocessing": settings.to_dict(),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         }
         if distributed.is_main_process():
             out_dir.mkdir(parents=True, exist_ok=True)
