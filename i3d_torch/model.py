@@ -23,9 +23,10 @@ Fidelity to TensorFlow:
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -175,7 +176,14 @@ def _same_pad_arg(spatial: Sequence[int], kernel: Sequence[int], stride: Sequenc
 
 
 class Unit3D(nn.Module):
-    """Conv3d (no bias) + BatchNorm (no scale) + ReLU: DeepMind's ``Unit3D`` with its defaults."""
+    """Conv3d (no bias) + BatchNorm (no scale) + ReLU: DeepMind's ``Unit3D`` with its defaults.
+
+    In eval mode without autograd on CPU float32 (``model.eval()`` and ``torch.inference_mode()``), the unit
+    runs as one oneDNN op instead (see :func:`onednn_inference_applies`): BatchNorm folded into the conv
+    weights and bias, the weights pre-packed once into oneDNN's blocked layout, the ReLU fused, activations
+    channels-last-3d. The parameters are not touched; the folded copy is cached outside the module and
+    rebuilt whenever a parameter or BN statistic changes, so training and fine-tuning see plain BatchNorm.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=(1, 1, 1), stride=(1, 1, 1)):
         super().__init__()
@@ -183,7 +191,89 @@ class Unit3D(nn.Module):
         self.batch_norm = BatchNorm3dNoScale(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if onednn_inference_applies(self, x):
+            return self._onednn_forward(x)
         return F.relu(self.batch_norm(self.conv_3d(x)), inplace=True)
+
+    def folded_weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Conv weight and bias with the eval-mode BatchNorm folded in: conv(x) * s + (b - m * s),
+        s = 1 / sqrt(v + eps). Used by :meth:`InceptionI3d.fuse` and the oneDNN inference path."""
+        conv, bn = self.conv_3d, self.batch_norm
+        if not isinstance(bn, BatchNorm3dNoScale):  # already fused
+            return conv.weight, conv.bias
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        bias = bn.bias - bn.running_mean * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        return conv.weight * scale.view(-1, 1, 1, 1, 1), bias
+
+    def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv_3d
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        pads = [same_padding(n, k, s) for n, k, s in zip(x.shape[-3:], conv.kernel_size, conv.stride)]
+        if all(before == after for before, after in pads):
+            padding = [before for before, _ in pads]
+        else:  # asymmetric TF padding (only the strided stem conv): one explicit pad of the input
+            x = F.pad(x, _same_pad_arg(x.shape[-3:], conv.kernel_size, conv.stride))
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            padding = [0, 0, 0]
+        weight, bias = self._packed_inference_weights(tuple(x.shape), padding)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, padding, list(conv.stride), [1, 1, 1], 1, "relu", [], ""
+        )
+
+    def _packed_inference_weights(self, input_shape: Tuple[int, ...], padding: List[int]):
+        # Key: the input shape (oneDNN picks the packed layout for it) and the identity and version of
+        # every source tensor, so an optimizer step, load_state_dict or .to() invalidates the copy.
+        sources = [t for t in (self.conv_3d.weight, self.conv_3d.bias) if t is not None]
+        if isinstance(self.batch_norm, BatchNorm3dNoScale):
+            sources += [self.batch_norm.bias, self.batch_norm.running_mean, self.batch_norm.running_var]
+        key = (input_shape, tuple(padding), tuple((t.data_ptr(), t._version) for t in sources))
+        cached = _ONEDNN_WEIGHTS.get(self)
+        if cached is None or cached[0] != key:
+            weight, bias = self.folded_weight_and_bias()
+            weight = weight.contiguous(memory_format=torch.channels_last_3d)
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, padding, list(self.conv_3d.stride), [1, 1, 1], 1, list(input_shape)
+            )
+            cached = _ONEDNN_WEIGHTS[self] = (key, packed, None if bias is None else bias.contiguous())
+        return cached[1], cached[2]
+
+
+# Packed inference weights per Unit3D, outside the module so that state_dict, deepcopy and pickling of the
+# model never see oneDNN's opaque tensors; entries go away with their module.
+_ONEDNN_WEIGHTS: "weakref.WeakKeyDictionary[Unit3D, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _onednn_ops_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+#: Whether eval-mode inference without autograd on CPU takes the fused oneDNN path of :class:`Unit3D`. True
+#: where this PyTorch build has oneDNN's fused convolution; set it to False to run the plain conv, BatchNorm
+#: and ReLU modules instead (to compare, or to rule the fast path out when debugging).
+ONEDNN_INFERENCE: bool = _onednn_ops_available()
+
+
+def onednn_inference_applies(unit: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a unit takes the fused oneDNN path: eval mode, no autograd, float32 on CPU, not while
+    being traced or exported (export sees the plain conv + BN + ReLU graph)."""
+    return (
+        ONEDNN_INFERENCE
+        and not unit.training
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not _is_exporting()
+    )
+
+
+def _is_exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return bool(is_exporting and is_exporting())
 
 
 class _Branch(nn.Sequential):
@@ -329,7 +419,8 @@ class InceptionI3d(nn.Module):
             else:
                 x = getattr(self, name)(x)
             if name in wanted:
-                out[name] = x
+                # The oneDNN inference path runs channels-last; hand out the usual contiguous layout.
+                out[name] = x.contiguous()
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -409,10 +500,9 @@ class InceptionI3d(nn.Module):
             raise RuntimeError("fuse() is for inference: call model.eval() first")
         for unit in self.modules():
             if isinstance(unit, Unit3D) and isinstance(unit.batch_norm, BatchNorm3dNoScale):
-                conv, bn = unit.conv_3d, unit.batch_norm
-                scale = torch.rsqrt(bn.running_var + bn.eps)
-                conv.weight.mul_(scale.view(-1, 1, 1, 1, 1))
-                conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+                weight, bias = unit.folded_weight_and_bias()
+                unit.conv_3d.weight = nn.Parameter(weight)
+                unit.conv_3d.bias = nn.Parameter(bias)
                 unit.batch_norm = nn.Identity()
         return self
 
