@@ -82,8 +82,8 @@ class VideoInfo:
 
     Attributes:
         path: the file or folder, as given.
-        fps: source frame rate (the container's average; for variable frame rate, the mean over the
-            probed packets; a frame folder's ``folder_fps``).
+        fps: source frame rate: the container's stated average, or the mean over the probed packets when
+            the rate is variable or the two differ by over 1%; a frame folder's ``folder_fps``.
         frame_count: number of frames if the container states it or probing saw them all, else None.
         width, height: displayed size in pixels, after rotation.
         rotation: clockwise degrees (0, 90, 180, 270) the reader rotates stored frames to display them.
@@ -678,8 +678,12 @@ def probe(path: PathLike, *, folder_fps: float = DEFAULT_FOLDER_FPS) -> VideoInf
         gaps = [b - a for a, b in zip(ordered, ordered[1:])]
         variable = _is_variable_rate(gaps)
         fps = float(1 / _nominal_step(stream))
-        if variable and time_base and ordered[-1] > ordered[0]:
-            fps = float((len(ordered) - 1) / ((ordered[-1] - ordered[0]) * time_base))
+        if time_base and len(ordered) > 1 and ordered[-1] > ordered[0]:
+            # The stated rate can be off (a GIF's first delay, a rounded header): the probed mean wins for
+            # variable frame rate and whenever the two differ by more than 1%.
+            measured = float((len(ordered) - 1) / ((ordered[-1] - ordered[0]) * time_base))
+            if variable or abs(measured / fps - 1) > 0.01:
+                fps = measured
 
         frame_count: Optional[int] = stream.frames or None
         if frame_count is None and reached_end:

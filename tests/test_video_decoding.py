@@ -124,6 +124,13 @@ def test_constant_frame_rate_is_not_reported_variable(tmp_path):
     assert info.fps == pytest.approx(29.97, abs=0.01)
 
 
+def test_probe_measures_the_rate_when_the_stated_one_is_off(tmp_path):
+    # GIF delays are whole centiseconds: 30 fps is written as delays of 3 and 4 cs, and FFmpeg states
+    # 33.3 fps from the first delay; the timestamps say 30.
+    path = write_video(tmp_path / "thirty.gif", index_coded_frames(31, 16, 32), 30)
+    assert video.probe(path).fps == pytest.approx(30, rel=0.02)
+
+
 def test_max_frames_stops_the_stream(tmp_path):
     path = write_video(tmp_path / "index.mkv", index_coded_frames(30, 32, 64), 25)
     assert indices(video.iter_frames(path, short_side=None, max_frames=4)) == [0, 1, 2, 3]
