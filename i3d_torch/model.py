@@ -171,7 +171,7 @@ def _same_pad_arg(spatial: Sequence[int], kernel: Sequence[int], stride: Sequenc
     """``F.pad`` argument (last axis first) for TF SAME padding of a (T, H, W) shape."""
     arg: List[int] = []
     for n, k, s in reversed(list(zip(spatial, kernel, stride))):
-        arg.extend(same_padding(int(n), k, s))
+        arg.extend(same_padding(n, k, s))  # no int(): keeps symbolic sizes symbolic for torch.export
     return arg
 
 
