@@ -197,7 +197,7 @@ class TFInceptionI3d:
         # The graph's variables, keyed by their name relative to inception_i3d/; each tf.Variable carries
         # its full DeepMind name.
         self.variables: Dict[str, "tf.Variable"] = {
-            name: tf.Variable(np.asarray(variables[name], dtype=np.float32), name=self.prefix + name, trainable=True)
+            name: tf.Variable(_initial_value(variables[name]), name=self.prefix + name, trainable=True)
             for name in expected
         }
 
@@ -325,8 +325,11 @@ class TFInceptionI3d:
             graph = tf.Graph()
             with graph.as_default():
                 # The same graph code, now in TF1 graph mode: a fresh reference whose tf.Variables become
-                # graph variables with the same names.
-                twin = TFInceptionI3d(values, scope=self.scope, dropout_keep_prob=self.dropout_keep_prob)
+                # graph variables with the same names. They start as symbolic zeros and get their values
+                # through feeds, so the weights are stored once (in variables/), not also as constants in
+                # saved_model.pb.
+                zeros = {name: tf.zeros(value.shape, tf.float32) for name, value in values.items()}
+                twin = TFInceptionI3d(zeros, scope=self.scope, dropout_keep_prob=self.dropout_keep_prob)
                 frames = tf.compat.v1.placeholder(
                     tf.float32, [None, None, None, None, self.in_channels], name="input_frames"
                 )
@@ -336,6 +339,8 @@ class TFInceptionI3d:
                     logits = twin.logits(frames)
                 with tf.compat.v1.Session(graph=graph) as session:
                     session.run(tf.compat.v1.global_variables_initializer())
+                    for name, variable in twin.variables.items():
+                        variable.load(values[name], session)
                     builder = tf.compat.v1.saved_model.Builder(str(build_dir))
                     signature = tf.compat.v1.saved_model.predict_signature_def(
                         inputs={"default": frames}, outputs={"default": logits}
@@ -393,8 +398,8 @@ def write_tf1_checkpoint(tensors: Mapping[str, np.ndarray], prefix: os.PathLike)
 def _architecture(variables: Mapping[str, np.ndarray]) -> Tuple[int, int]:
     """(in_channels, num_classes) from the stem and logits kernels."""
     try:
-        stem = np.shape(variables["Conv3d_1a_7x7/conv_3d/w"])
-        head = np.shape(variables["Logits/Conv3d_0c_1x1/conv_3d/w"])
+        stem = _shape(variables["Conv3d_1a_7x7/conv_3d/w"])
+        head = _shape(variables["Logits/Conv3d_0c_1x1/conv_3d/w"])
     except KeyError as exc:
         raise ValueError(f"not I3D variables: no {exc.args[0]} among {len(variables)} names") from None
     return int(stem[3]), int(head[4])
@@ -406,12 +411,23 @@ def _check_variables(variables: Mapping[str, np.ndarray], expected: Mapping[str,
         if name not in variables:
             problems.append(f"missing {name}")
             continue
-        got = tuple(np.shape(variables[name]))
+        got = _shape(variables[name])
         vector_ok = len(shape) == 1 and got in ((shape[0],), (1, 1, 1, 1, shape[0]))
         if got != shape and not vector_ok:
             problems.append(f"{name} has shape {got}, the graph needs {shape}")
     if problems:
         raise ValueError(f"{len(problems)} problem(s) with the variables: " + "; ".join(problems))
+
+
+def _shape(value) -> Tuple[int, ...]:
+    """Shape of a numpy array or a TF tensor (the export passes symbolic zeros, see below)."""
+    return tuple(int(d) for d in value.shape) if hasattr(value, "shape") else tuple(np.shape(value))
+
+
+def _initial_value(value):
+    if hasattr(value, "dtype") and not isinstance(value, np.ndarray):  # a TF tensor: used as it is
+        return value
+    return np.asarray(value, dtype=np.float32)
 
 
 def _is_model_name(name: str) -> bool:

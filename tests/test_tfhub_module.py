@@ -88,7 +88,8 @@ def exported(tmp_path_factory):
 
 def test_exported_module_is_a_savedmodel_keyed_by_deepmind_names(exported):
     variables, module, _ = exported
-    assert (module / "saved_model.pb").is_file()
+    # The weights live once, in variables/ (50 MB); the graph itself is small.
+    assert (module / "saved_model.pb").stat().st_size < 5_000_000
     keys = tf.train.load_checkpoint(str(module / "variables" / "variables")).get_variable_to_shape_map()
     assert set(keys) == {"RGB/inception_i3d/" + name for name in variables}
     signature = load_tfhub_module(str(module)).signatures["default"]
