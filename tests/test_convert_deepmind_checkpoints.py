@@ -96,7 +96,7 @@ def test_deepmind_checkpoint_layout_converts_to_a_model_equal_to_tf(layout, shar
     assert {n: d.as_numpy_dtype for n, d in written.get_variable_to_dtype_map().items()} == {n: d for n, (_, d) in layout_map.items()}
 
     out = tmp_path / f"{layout}.safetensors"
-    result = run_convert(prefix, out, "--name", layout)
+    result = run_convert(prefix, out, "--name", layout, "--verify-tf")  # the converter's own TF gate too
     assert result.returncode == 0, result.stderr
     slots = [n for n in layout_map if n.endswith("/Momentum")]
     if slots:  # the optimizer slots are skipped, and said to be
