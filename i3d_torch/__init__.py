@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-import importlib
-
+# The functions are imported eagerly (cheap next to torch itself): a package attribute named like its
+# submodule (fvd, finetune, inflate) must be bound to the function after the submodule is imported, or
+# ``i3d_torch.fvd`` would turn into the module the first time anything imports ``i3d_torch.fvd``.
+from .features import extract_features
+from .finetune import finetune
+from .fvd import fvd
+from .inference import classify
+from .inflate import inflate
 from .model import ENDPOINTS, InceptionI3d
 from .transforms import Preprocess, flow_to_model_input, rgb_to_model_input
+from .weights import Weights, get_weights, list_weights, load_model, save_model
 
 __version__ = "0.1.0"
 
-# Heavier entry points load on first use, so ``import i3d_torch`` stays light.
-_LAZY = {
-    "load_model": "i3d_torch.weights",
-    "get_weights": "i3d_torch.weights",
-    "list_weights": "i3d_torch.weights",
-    "Weights": "i3d_torch.weights",
-    "classify": "i3d_torch.inference",
-    "extract_features": "i3d_torch.features",
-    "fvd": "i3d_torch.fvd",
-    "inflate": "i3d_torch.inflate",
-    "finetune": "i3d_torch.finetune",
-}
-
-__all__ = ["ENDPOINTS", "InceptionI3d", "Preprocess", "rgb_to_model_input", "flow_to_model_input", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'i3d_torch' has no attribute {name!r}")
+__all__ = [
+    "ENDPOINTS",
+    "InceptionI3d",
+    "Preprocess",
+    "Weights",
+    "classify",
+    "extract_features",
+    "finetune",
+    "flow_to_model_input",
+    "fvd",
+    "get_weights",
+    "inflate",
+    "list_weights",
+    "load_model",
+    "rgb_to_model_input",
+    "save_model",
+]

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import sys
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -885,16 +884,6 @@ def _load_model_once(weights: str, device: Union[str, torch.device]) -> torch.nn
     if distributed.is_main_process():
         distributed.barrier()
     return model
-
-
-# Let ``i3d_torch.fvd(real, fake)`` work: once this submodule is imported, the package attribute ``fvd`` is
-# the module rather than the function (the import system sets it), so the module itself forwards calls.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> FVDResult:
-        return fvd(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 # ---------------------------------------------------------------------------------------------------
