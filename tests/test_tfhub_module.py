@@ -53,7 +53,6 @@ def tfhub_logits():
 def tfhub_cricket(tfhub_logits, rgb_model, cricket_rgb_frames):
     """(PyTorch vs module row, module logits) on the cricket GIF in [-1, 1]."""
     clip = rgb_to_model_input(cricket_rgb_frames)
-    rgb_model.check_values = False
     row = compare_logits(rgb_model, tfhub_logits, clip)
     return row, tfhub_logits(clip.permute(0, 2, 3, 4, 1).numpy())[0]
 
