@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -371,26 +370,33 @@ def bench_config(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Peak memory: one fresh process per engine, ru_maxrss after set-up vs after one forward
+# Peak memory: one fresh process per engine; the kernel's high-water mark of resident memory (VmHWM) is
+# reset once the model and input exist, so the peak is that of the forward alone. (ru_maxrss would not
+# do: it survives exec, so a child started by a big parent reports the parent's peak.)
 # ---------------------------------------------------------------------------------------------------
 
 MEMORY_ENGINES = {"torch-default": DEFAULT_ENGINE, "torch-plain": PLAIN_ENGINE, "tf": TF_ENGINE}
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+def _proc_status_mb(field_name: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return float(line.split()[1]) / 1024.0  # kB
+    raise OSError(f"{field_name} not in /proc/self/status")
 
 
 def memory_child(engine: str, frames: int, batch: int) -> Dict[str, float]:
-    """Run in a fresh process: peak resident memory added by one forward of ``engine``."""
+    """Run in a fresh process: resident memory before one forward of ``engine`` and its peak during it."""
     model, _ = build_model("random")
     model.check_values = False
     x = clip_input(frames, batch)
     prepare = {"torch-default": _torch_default, "torch-plain": _torch_plain, "tf": _tf_reference(False)}[engine]
     forward = prepare(model, x)
-    before = _maxrss_mb()
+    before = _proc_status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size (Linux >= 4.0)
     forward()
-    return {"before_mb": before, "after_mb": _maxrss_mb(), "delta_mb": _maxrss_mb() - before}
+    peak = _proc_status_mb("VmHWM")
+    return {"before_mb": before, "after_mb": peak, "delta_mb": peak - before}
 
 
 def measure_memory(engine_key: str, frames: int, batch: int, log: Callable[[str], None]) -> Optional[Dict[str, float]]:
@@ -401,7 +407,7 @@ def measure_memory(engine_key: str, frames: int, batch: int, log: Callable[[str]
         result = json.loads(done.stdout.strip().splitlines()[-1])
         return {"process_peak_mb": float(result["after_mb"]), "added_by_forward_mb": float(result["delta_mb"])}
     except (subprocess.SubprocessError, json.JSONDecodeError, IndexError, KeyError, ValueError) as exc:
-        log(f"  memory of {engine_key}: not measured ({type(exc).__name__})")
+        log(f"  memory of {engine_key}: not measured ({type(exc).__name__}; needs Linux /proc)")
         return None
 
 
@@ -619,7 +625,7 @@ class Report:
         if goals:
             out += ["", "Goals:", ""] + goals
         if self.memory:
-            out += ["", "### Peak memory (fresh process per engine: model built, input made, one forward; ru_maxrss)", "",
+            out += ["", "### Peak memory of one forward (fresh process per engine; VmHWM reset after set-up)", "",
                     "| engine | frames | batch | process peak MiB | added by the forward MiB |", "|---|---|---|---|---|"]
             for key, value in self.memory.items():
                 engine, frames, batch = key.split("|")
