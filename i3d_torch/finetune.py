@@ -220,11 +220,10 @@ class SyncBatchNorm3dNoScale(BatchNorm3dNoScale):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         channels = x.shape[1]
         shape = (1, channels, 1, 1, 1)
-        xf = x.float()
+        # Statistics in at least float32 (autocast may hand us half precision), as F.batch_norm does.
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         local = torch.cat([xf.sum(dim=(0, 2, 3, 4)), xf.new_tensor([x.numel() / channels])])
         total = all_reduce(local)  # sum over ranks of [per-channel sums, count]
         count = total[-1]
@@ -240,12 +239,33 @@ class SyncBatchNorm3dNoScale(BatchNorm3dNoScale):
         return out.to(x.dtype)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over all ranks, differentiable: the gradient of a sum shared by every rank is the sum of the
+    ranks' gradients, so the backward pass all-reduces too."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    return _AllReduceSum.apply(tensor)
+
+
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Replace every :class:`BatchNorm3dNoScale` by :class:`SyncBatchNorm3dNoScale`, keeping offsets and stats."""
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if type(child) is BatchNorm3dNoScale:
-                synced = SyncBatchNorm3dNoScale(child.num_features).to(child.running_mean.device)
+                synced = SyncBatchNorm3dNoScale(child.num_features).to(child.bias.device, child.bias.dtype)
                 synced.load_state_dict(child.state_dict())
                 synced.bias.requires_grad_(child.bias.requires_grad)
                 synced.train(child.training)
