@@ -331,7 +331,12 @@ class LogitsHead(nn.Module):
         return tuple(min(n, k) for n, k in zip(feature_size, LOGITS_POOL))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool3d(x, self.pool_window(x.shape[-3:]), stride=1)  # N x 1024 x T'-1 x H'-6 x W'-6
+        window = self.pool_window(x.shape[-3:])
+        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+            # PyTorch has no CPU avg_pool3d kernel in reduced precision: pool in float32 (exact), cast back.
+            x = F.avg_pool3d(x.float(), window, stride=1).to(x.dtype)
+        else:
+            x = F.avg_pool3d(x, window, stride=1)  # N x 1024 x T'-1 x H'-6 x W'-6
         x = self.dropout(x)
         x = self.Conv3d_0c_1x1.conv_3d(x)  # N x K x T'' x H'' x W''
         # DeepMind squeezes the spatial axes; with H, W != 224 they are averaged, which equals the squeeze

@@ -173,3 +173,15 @@ def test_dynamic_same_conv_and_pool_equal_tensorflow_at_odd_sizes(shape):
         ours = MaxPool3dSame(kernel, stride)(x).permute(0, 2, 3, 4, 1).numpy()
         theirs = tf.nn.max_pool3d(x.permute(0, 2, 3, 4, 1).numpy(), (1, *kernel, 1), (1, *stride, 1), "SAME").numpy()
         torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(theirs))
+
+
+def test_bfloat16_runs_the_whole_network_on_cpu():
+    torch.manual_seed(0)
+    model = InceptionI3d().eval()
+    x = torch.rand(1, 3, 9, 193, 193) * 2 - 1
+    with torch.inference_mode():
+        reference = model(x)
+        reduced = model.to(torch.bfloat16)(x.bfloat16())
+    assert reduced.dtype == torch.bfloat16
+    # bfloat16 keeps 8 bits of mantissa: a few percent of the logits' scale.
+    torch.testing.assert_close(reduced.float(), reference, atol=0.05 * float(reference.abs().max()), rtol=0)
