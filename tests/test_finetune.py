@@ -403,3 +403,35 @@ def test_tiny_real_finetune_learns_motion(tmp_path_factory):
 # there sooner, so that 7 epochs leave a margin.
 FINETUNE_EPOCHS = 7
 FINETUNE_LR = 2e-3
+
+
+@pytest.mark.slow  # bf16 convolutions are slow on CPU: ~40 s for these two tiny steps
+def test_bf16_accumulation_clipping_and_window_evaluation_run_end_to_end(small_videos, tmp_path):
+    """The options that change the step itself, on CPU: bf16 autocast, 2 micro-batches a step, clipping,
+    AdamW with cosine schedule, and validation averaging all windows of each video. (Batch statistics of
+    one 4x32x32 clip have one value per channel at Mixed_5c, so BatchNorm is frozen.)"""
+    import i3d_torch
+
+    result = i3d_torch.finetune(
+        small_videos, tmp_path / "run", val=small_videos, weights="none", clip_frames=4, short_side=40,
+        crop_size=32, strict_tf_pooling=False, batch_size=1, accumulate=2, amp="bf16", clip_grad=1.0,
+        optimizer="adamw", schedule="cosine", lr=1e-3, eval_windows="all", epochs=1, num_workers=0, freeze_bn=True,
+        progress=False, log_every=1,
+    )
+    assert result.steps == 2  # 4 videos / (1 clip x 2 micro-batches)
+    assert result.final_eval.num_videos == 4
+    assert all(torch.isfinite(v).all() for v in result.model.state_dict().values() if v.is_floating_point())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["global_batch_size"] == 2 and config["total_steps"] == 2
+
+
+def test_finetuned_model_is_usable_by_predict(small_videos, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("finetune", *SCRATCH_ARGS, "--data", small_videos, "--out", out, "--epochs", "1").returncode == 0
+    video = next(small_videos.glob("moving/*.mp4"))
+    predicted = run_cli(
+        "predict", "--weights", out / "model.safetensors", "--json", "--top", "2", "--quiet",
+        "--clip-frames", "9", "--short-side", "193", "--crop-size", "193", video,
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    assert {"moving", "still"} <= set(predicted.stdout.replace('"', " ").split())
