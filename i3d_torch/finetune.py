@@ -21,6 +21,7 @@ Distributed: ``torchrun --nproc-per-node K -m i3d_torch finetune ...`` trains wi
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -41,7 +42,7 @@ from torch import nn
 
 from . import distributed as ddp_env
 from .data import VideoClips, VideoList, collate_windows, discover
-from .errors import InputError, WeightsError
+from .errors import I3DError, InputError, WeightsError
 from .fileio import append_jsonl, atomic_open, atomic_path, write_json
 from .model import ENDPOINTS, BatchNorm3dNoScale, InceptionI3d
 
@@ -435,7 +436,7 @@ def evaluate(
     model.eval()
     scored: List[Tuple[int, np.ndarray]] = []
     try:
-        for clips, _, indices, counts in loader:
+        for clips, _, indices, counts in _batches(loader):
             logits = torch.cat(
                 [_forward(model, chunk.to(device), amp).float().cpu() for chunk in clips.split(batch_size)]
             )
@@ -506,6 +507,30 @@ def plot_confusion(result: EvalResult, path: PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------
+
+
+def _batches(loader: torch.utils.data.DataLoader):
+    """Iterate ``loader``; an error raised in a decoding worker comes back as its own one-line message.
+
+    DataLoader re-raises a worker's exception with the worker's whole traceback as the message; the CLI
+    would print all of it on one line. The original message ends that traceback.
+    """
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except I3DError as exc:
+            text = str(exc)
+            if "Original Traceback" not in text:
+                raise
+            # I3DError keeps messages on one line, so the traceback is flattened: cut after its last
+            # "module.Class: " marker.
+            marker = f"{type(exc).__module__}.{type(exc).__name__}: "
+            original = text.rsplit(marker, 1)[-1] if marker in text else text
+            raise type(exc)(original) from None
+        yield batch
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -802,7 +827,7 @@ class _Run:
         loader = self._loader(epoch, skip_batches)
         window_loss, window_clips, window_start = 0.0, 0, time.perf_counter()
         epoch_loss, epoch_correct, epoch_clips = 0.0, 0, 0
-        for batch_index, (clips, labels, _) in enumerate(loader, start=skip_batches):
+        for batch_index, (clips, labels, _) in enumerate(_batches(loader), start=skip_batches):
             clips = clips.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             last_of_step = (batch_index + 1) % config.accumulate == 0
@@ -909,7 +934,12 @@ class _Run:
             )
             if last_eval is not None:
                 write_json(self.run_dir / "confusion_matrix.json", last_eval.to_dict())
-                plot_confusion(last_eval, self.run_dir / "confusion_matrix.png")
+                # matplotlib is optional (the [plot] extra): a finished run must not fail for a picture.
+                if importlib.util.find_spec("matplotlib") is not None:
+                    plot_confusion(last_eval, self.run_dir / "confusion_matrix.png")
+                else:
+                    print("i3d-torch finetune: matplotlib not installed, confusion_matrix.png skipped "
+                          "(pip install 'i3d-torch[plot]')", file=sys.stderr)
         ddp_env.barrier()
         return FinetuneResult(self.run_dir, model_path, step, list(self.classes), last_eval, self.model.eval())
 

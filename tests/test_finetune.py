@@ -347,6 +347,16 @@ def test_cli_errors_are_one_line_without_traceback(small_videos, tmp_path):
     bad = run_cli("finetune", *SCRATCH_ARGS, "--data", small_videos, "--out", tmp_path / "r", "--freeze-until", "Logits")
     assert bad.returncode == 2  # argparse rejects an endpoint past Mixed_5c
 
+    # A damaged video decoded in a DataLoader worker: the worker's message, not its traceback.
+    import shutil
+
+    damaged = shutil.copytree(small_videos, tmp_path / "damaged")
+    victim = next(damaged.glob("still/*.mp4"))
+    victim.write_bytes(victim.read_bytes()[:300])
+    broken = run_cli("finetune", *SCRATCH_ARGS, "--data", damaged, "--out", tmp_path / "b", "--num-workers", "1")
+    assert broken.returncode == 1 and len(broken.stderr.strip().splitlines()) == 1
+    assert f"error: {victim}: " in broken.stderr and "Traceback" not in broken.stderr
+
 
 def test_finished_run_refuses_a_second_start_and_a_changed_resume(small_videos, tmp_path):
     out = tmp_path / "run"
