@@ -28,7 +28,6 @@ import os
 import random
 import sys
 import time
-import types
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -1026,14 +1025,3 @@ def run(args: argparse.Namespace) -> int:
             summary += f"; validation top-1 {result.final_eval.top1:.1%}, top-5 {result.final_eval.top5:.1%}"
         print(summary)
     return 0
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``i3d_torch.finetune(...)`` call :func:`finetune` even once this submodule is imported (Python
-    then binds the package attribute ``finetune`` to the module, shadowing the lazy function)."""
-
-    def __call__(self, *args, **kwargs):
-        return finetune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -38,8 +38,6 @@ spatial alignment of some pooled maps differs by a pixel at the borders.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -264,14 +262,3 @@ def inflated_model(
     if unexpected or any(not k.startswith("Logits.") for k in missing):
         raise ConversionError(f"inflated weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``i3d_torch.inflate(...)`` call :func:`inflate` even once this submodule is imported (Python then
-    binds the package attribute ``inflate`` to the module, shadowing the lazy function)."""
-
-    def __call__(self, *args, **kwargs):
-        return inflate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
