@@ -218,11 +218,11 @@ def _torch_compile(model: InceptionI3d, x: torch.Tensor) -> Forward:
 def _onnxruntime(model: InceptionI3d, x: torch.Tensor) -> Forward:
     from .export import OnnxRunner, export_onnx
 
-    directory = tempfile.mkdtemp(prefix="i3d_bench_")
-    path = Path(directory) / "i3d.onnx"
-    with _quiet():
-        export_onnx(model, path, frames=x.shape[2], height=x.shape[3], width=x.shape[4], batch=x.shape[0])
-    runner = OnnxRunner(path, threads=torch.get_num_threads())
+    with tempfile.TemporaryDirectory(prefix="i3d_bench_") as directory:
+        path = Path(directory) / "i3d.onnx"
+        with _quiet():
+            export_onnx(model, path, frames=x.shape[2], height=x.shape[3], width=x.shape[4], batch=x.shape[0])
+        runner = OnnxRunner(path, threads=torch.get_num_threads())  # the session holds the graph in memory
     return lambda: runner(x)
 
 
