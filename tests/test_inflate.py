@@ -8,7 +8,7 @@ that repeats one image. Everything runs in float64 so the comparison can be tigh
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import pytest
