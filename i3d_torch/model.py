@@ -228,9 +228,14 @@ class Unit3D(nn.Module):
         sources = [t for t in (self.conv_3d.weight, self.conv_3d.bias) if t is not None]
         if isinstance(self.batch_norm, BatchNorm3dNoScale):
             sources += [self.batch_norm.bias, self.batch_norm.running_mean, self.batch_norm.running_var]
-        key = (input_shape, tuple(padding), tuple((t.data_ptr(), t._version) for t in sources))
+        if any(t.is_inference() for t in sources):
+            # Parameters made under torch.inference_mode() have no version counter, so an in-place change
+            # could not be seen: fold and pack on every call instead of caching (correct, a bit slower).
+            key = None
+        else:
+            key = (input_shape, tuple(padding), tuple((t.data_ptr(), t._version) for t in sources))
         cached = _ONEDNN_WEIGHTS.get(self)
-        if cached is None or cached[0] != key:
+        if key is None or cached is None or cached[0] != key:
             weight, bias = self.folded_weight_and_bias()
             weight = weight.contiguous(memory_format=torch.channels_last_3d)
             packed = torch.ops.mkldnn._reorder_convolution_weight(

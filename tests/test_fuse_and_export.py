@@ -123,6 +123,19 @@ def test_inference_weights_follow_in_place_parameter_changes():
     torch.testing.assert_close(after, plain_output(model, x), rtol=0, atol=ATOL)
 
 
+def test_model_built_under_inference_mode_follows_in_place_changes_too():
+    # Parameters created under inference_mode have no version counter; the path must not cache stale weights.
+    x = clip((1, 3, 4, 32, 32))
+    with torch.inference_mode():
+        model = random_model("Mixed_3b").to(torch.float64).to(torch.float32)
+        assert model.Conv3d_1a_7x7.conv_3d.weight.is_inference()
+        before = model(x)
+        model.Conv3d_1a_7x7.conv_3d.weight.mul_(1.5)
+        after = model(x)
+    assert (after - before).abs().max() > 1e-2
+    torch.testing.assert_close(after, plain_output(model, x), rtol=0, atol=ATOL)
+
+
 def test_training_mode_runs_batchnorm_and_reaches_every_parameter():
     model = random_model("Mixed_3b").train()
     x = clip((2, 3, 4, 32, 32))
