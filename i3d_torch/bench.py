@@ -490,8 +490,8 @@ def gpu_rows(model: InceptionI3d, frames_list: Sequence[int], batches: Sequence[
     if not torch.cuda.is_available():
         return [], {}, "skipped: no CUDA device (torch.cuda.is_available() is False)"
     torch.backends.cudnn.benchmark = True
-    rates = {"float32": matmul_rate(8192, device="cuda", dtype=torch.float32),
-             "bfloat16": matmul_rate(8192, device="cuda", dtype=torch.bfloat16)}
+    rates = {name: matmul_rate(8192, device="cuda", dtype=getattr(torch, name))
+             for name in ("float32", "bfloat16", "float16")}
     variants = [("float32", False, False), ("bfloat16", False, False), ("float16", True, False),
                 ("bfloat16", True, False), ("bfloat16", True, True)]
     if short:
@@ -564,7 +564,7 @@ def gpu_table(rows: Sequence[Row], rates: Dict[str, float]) -> List[str]:
               "% of measured matmul (same dtype)", "peak MiB", "max abs diff vs fp32"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        matmul = rates.get(r.dtype, rates.get("bfloat16", 1.0)) if r.dtype != "float32" else rates.get("float32", 1.0)
+        matmul = rates[r.dtype]
         cells = [r.engine, str(r.frames), str(r.batch), f"{r.median_s * 1e3:.1f}", f"{r.clips_per_s:.1f}",
                  f"{r.flops_per_s / 1e12:.1f}", f"{100 * r.flops_per_s / H200_BF16_DENSE_PEAK:.1f}",
                  f"{100 * r.flops_per_s / matmul:.1f}", f"{r.peak_memory_mb:.0f}", f"{r.max_abs_diff:.1e}"]
@@ -663,6 +663,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, nargs="+", default=None, help="clip lengths (default 16 64)")
     parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 4)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per engine (default 5)")
+    parser.add_argument("--gpu-batch", type=int, nargs="+", default=[1, 16],
+                        help="batch sizes of the GPU section (CUDA only; default 1 16)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for every engine (torch, TF intra-op, onnxruntime); default: one per core")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per engine before timing")
@@ -726,7 +728,8 @@ def run(args: argparse.Namespace) -> int:
                 report.memory[f"{MEMORY_ENGINES[key]}|{frames}|1"] = measure_memory(key, frames, 1, log)
     if not args.no_end_to_end:
         report.end_to_end = bench_end_to_end(model, 16 if args.short else max(frames_list), log)
-    report.gpu_rows, report.gpu_rates, report.gpu_status = gpu_rows(model, frames_list, batches, repeats, args.short, log)
+    gpu_batches = [1] if args.short else args.gpu_batch
+    report.gpu_rows, report.gpu_rates, report.gpu_status = gpu_rows(model, frames_list, gpu_batches, repeats, args.short, log)
     if hasattr(os, "getloadavg"):
         report.machine["load average at end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     text = report.markdown()
