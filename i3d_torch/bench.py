@@ -661,7 +661,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Benchmark I3D's forward pass: every engine of this project against TF, in one run."
     parser.add_argument("--short", action="store_true", help="CI smoke run: 9 frames, batch 1, one repeat, cheap engines")
     parser.add_argument("--frames", type=int, nargs="+", default=None, help="clip lengths (default 16 64)")
-    parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 4)")
+    parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per engine (default 5)")
     parser.add_argument("--gpu-batch", type=int, nargs="+", default=[1, 16],
                         help="batch sizes of the GPU section (CUDA only; default 1 16)")
@@ -697,7 +697,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _validate(args)
     frames_list = args.frames or ([9] if args.short else [16, 64])
-    batches = args.batch or ([1] if args.short else [1, 4])
+    batches = args.batch or ([1] if args.short else [1, 2])
     repeats = args.repeats or (1 if args.short else 5)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr
 
