@@ -260,15 +260,19 @@ def _onednn_ops_available() -> bool:
 ONEDNN_INFERENCE: bool = _onednn_ops_available()
 
 
-def onednn_inference_applies(unit: nn.Module, x: torch.Tensor) -> bool:
-    """Whether a unit takes the fused oneDNN path: eval mode, no autograd, float32 on CPU, not while
-    being traced or exported (export sees the plain conv + BN + ReLU graph)."""
+def onednn_inference_applies(unit: "Unit3D", x: torch.Tensor) -> bool:
+    """Whether a unit takes the fused oneDNN path: eval mode, no autograd, float32 input and weights on
+    CPU, not while being traced or exported (export sees the plain conv + BN + ReLU graph). Anything else
+    (another dtype or device, mismatched input) takes the plain modules and their usual errors."""
+    weight = unit.conv_3d.weight
     return (
         ONEDNN_INFERENCE
         and not unit.training
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == torch.float32
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
         and not torch.jit.is_scripting()
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
