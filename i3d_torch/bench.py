@@ -59,6 +59,9 @@ MATMUL_SIZE = 4096
 GOAL_DEFAULT_VS_TF = 1.0
 GOAL_FASTEST_VS_TF = 1.3
 
+#: Pause before each timed call, longer than the thread pools' spin-wait after their work.
+SETTLE_S = 0.1
+
 TF_ENGINE = "tf.function (TF reference)"
 PLAIN_ENGINE = "torch eager, plain ops"
 DEFAULT_ENGINE = "torch eager (default)"
@@ -327,6 +330,9 @@ def time_round_robin(forwards: Dict[str, Forward], repeats: int, budget_s: float
         for name, forward in forwards.items():
             if len(times[name]) >= 2 and sum(times[name]) > budget_s:
                 continue
+            # Let the previous engine's worker threads (OpenMP, Eigen, onnxruntime all spin for a while
+            # after their work) go idle, so that they do not steal cores from this engine's call.
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             forward()
             times[name].append(time.perf_counter() - start)
