@@ -43,7 +43,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from . import model as model_module
@@ -646,7 +645,7 @@ class Report:
                     f"| {e.decode_fps:.1f} | {e.predict_s:.2f} | {e.decode_s:.2f} | {e.model_s:.2f} | {e.wait_s:.2f} | {100 * e.wait_share:.1f}% |"]
         out += ["", f"### GPU: {self.gpu_status}", ""]
         if self.gpu_rows:
-            out += [f"Measured matmul: " + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in self.gpu_rates.items()), ""]
+            out += ["Measured matmul: " + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in self.gpu_rates.items()), ""]
             out += gpu_table(self.gpu_rows, self.gpu_rates)
         return "\n".join(out) + "\n"
 

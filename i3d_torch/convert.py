@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import os
 import pickle
 import re
@@ -33,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import ConversionError, WeightsError
+from .errors import ConversionError, WeightsError, first_line
 from .fileio import sha256_file
 from .model import InceptionI3d, Unit3D
 from .safetensors_io import save_safetensors
@@ -262,7 +261,7 @@ def read_tf_checkpoint(prefix: os.PathLike) -> Source:
         names = reader.get_variable_to_shape_map()
         named = {name: reader.get_tensor(name) for name in names if not _is_training_state(name)}
     except Exception as exc:  # TF raises many types for a corrupt or partial checkpoint
-        raise ConversionError(f"cannot read TF checkpoint: {_first_line(exc)}", prefix) from None
+        raise ConversionError(f"cannot read TF checkpoint: {first_line(exc)}", prefix) from None
     named.update({name: np.zeros(0) for name in names if _is_training_state(name)})
     return _from_tf_names(named, "tf_checkpoint", str(prefix), _sha256_files(files))
 
@@ -280,7 +279,7 @@ def read_tfhub_module(handle_or_dir: str) -> Source:
             directory = Path(hub.resolve(handle_or_dir))
         except Exception as exc:
             raise ConversionError(
-                f"cannot download the TF-Hub module ({_first_line(exc)}); download it elsewhere and pass its directory",
+                f"cannot download the TF-Hub module ({first_line(exc)}); download it elsewhere and pass its directory",
                 handle_or_dir,
             ) from None
     checkpoint = directory / "variables" / "variables"
@@ -296,7 +295,7 @@ def read_tfhub_module(handle_or_dir: str) -> Source:
         try:
             loaded = tf.saved_model.load(str(directory))
         except Exception as exc:
-            raise ConversionError(f"not a loadable TF-Hub module / SavedModel: {_first_line(exc)}", directory) from None
+            raise ConversionError(f"not a loadable TF-Hub module / SavedModel: {first_line(exc)}", directory) from None
         named = {v.name: v.numpy() for v in loaded.variables}
     return _from_tf_names(named, "tfhub", str(handle_or_dir), sha)
 
@@ -343,7 +342,7 @@ def safe_unpickle(data: bytes, location: str) -> Any:
     except WeightsError as exc:
         raise WeightsError(str(exc), location) from None
     except Exception as exc:
-        raise WeightsError(f"not a readable weights pickle: {_first_line(exc)}", location) from None
+        raise WeightsError(f"not a readable weights pickle: {first_line(exc)}", location) from None
     _check_plain(obj, location)
     return obj
 
@@ -510,10 +509,6 @@ def convert(
         log(f"skipped {len(src.ignored)} training-state tensor(s): {', '.join(src.ignored[:6])}{' ...' if len(src.ignored) > 6 else ''}")
     return out
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -32,3 +32,9 @@ class ConversionError(I3DError):
 
 class InputError(I3DError, ValueError):
     """A model input or data set with the wrong shape, dtype, range or size."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (third-party errors can span many lines)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

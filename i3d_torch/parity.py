@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import ConversionError, I3DError, InputError, WeightsError
+from .errors import ConversionError, I3DError, InputError, WeightsError, first_line
 from .model import ENDPOINTS, InceptionI3d
 
 __all__ = [
@@ -176,7 +176,7 @@ def tfhub_logits_function(handle: str, input_range: str = "symmetric") -> Callab
     except I3DError:
         raise
     except Exception as exc:  # missing directory, not a SavedModel, no default signature
-        raise WeightsError(f"cannot load the TF-Hub module's default signature: {_first_line(exc)}", handle) from None
+        raise WeightsError(f"cannot load the TF-Hub module's default signature: {first_line(exc)}", handle) from None
     input_names = list(signature.structured_input_signature[1])
     if len(input_names) != 1:
         raise WeightsError(f"expected one video input in the default signature, found {input_names}", handle)
@@ -398,7 +398,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     return 0
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

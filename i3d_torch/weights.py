@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .errors import WeightsError
+from .errors import WeightsError, first_line
 from .fileio import sha256_file
 from .model import InceptionI3d
 from .safetensors_io import save_safetensors
@@ -170,7 +169,7 @@ def read_metadata(path: Path) -> Dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
     except Exception as exc:
-        raise WeightsError(f"not a readable safetensors file (truncated or corrupt?): {_first_line(exc)}", path) from None
+        raise WeightsError(f"not a readable safetensors file (truncated or corrupt?): {first_line(exc)}", path) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,7 +202,7 @@ def load_state_dict_file(path: Path) -> Dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise WeightsError(f"cannot read weights (truncated or corrupt?): {_first_line(exc)}", path) from None
+        raise WeightsError(f"cannot read weights (truncated or corrupt?): {first_line(exc)}", path) from None
 
 
 def check_state_dict(model: InceptionI3d, state_dict: Dict[str, torch.Tensor], path: Path) -> None:
@@ -370,10 +369,6 @@ def fetch_weights(name: str, progress: bool = True) -> Path:
     _say(f"ready: {entry.name} ({entry.path})", progress)
     return entry.path
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from numpy.testing import assert_array_equal
 from videogen import (
     frame_index,
     index_coded_frames,

@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 
-import i3d_torch
 from i3d_torch.errors import WeightsError
 from i3d_torch.model import InceptionI3d
 from i3d_torch.safetensors_io import save_safetensors
