@@ -104,6 +104,17 @@ def process_group(device: str = "cpu") -> Iterator[bool]:
             destroy_process_group()
 
 
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks: a first-use download or conversion of the
+    weights then happens once, not on every rank at the same time. A no-op without a process group."""
+    if not is_main_process():
+        barrier()
+    yield
+    if is_main_process():
+        barrier()
+
+
 def barrier() -> None:
     """Wait until every rank reaches this point (no-op in a single process)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -32,6 +32,7 @@ from .errors import I3DError, InputError
 from .fileio import append_jsonl, atomic_open, sha256_file
 from .inference import (
     ClipSettings,
+    check_crop_for_logits,
     Prefetcher,
     VideoDone,
     VideoFailed,
@@ -337,12 +338,8 @@ def extract_features(
     items = _items_of(inputs)
     with distributed.process_group(str(device)):
         device = distributed.device_for_rank(str(device))
-        # Rank 0 loads first, so that a first-use download and conversion happens once, not per rank.
-        if not distributed.is_main_process():
-            distributed.barrier()
-        model = model if model is not None else cached_model(weights, device, dtype)
-        if distributed.is_main_process():
-            distributed.barrier()
+        with distributed.main_process_first():
+            model = model if model is not None else cached_model(weights, device, dtype)
         entry = weights_of(model, weights)
         if spec.endpoint not in model.endpoints:
             raise InputError(f"this model has no endpoint {spec.endpoint}")
@@ -357,10 +354,9 @@ def extract_features(
             streams=(entry.modality,),
             min_frames={entry.modality: entry.min_frames if needs_logits else 1},
         )
-        if needs_logits and settings.crop != "full" and settings.crop_size < 193:
-            raise InputError(
-                f"crop size {settings.crop_size} is too small for the {spec.name} endpoint (the logits head needs "
-                f">= 193 pixels, as in TF); use the default 224 or a feature endpoint such as pooled"
+        if needs_logits:
+            check_crop_for_logits(
+                settings, f"the {spec.name} endpoint (the logits head)", "use the default 224 or a feature endpoint such as pooled"
             )
         config = {
             "endpoint": spec.name,

@@ -878,12 +878,8 @@ def _load_model_once(weights: str, device: Union[str, torch.device]) -> torch.nn
     once rather than on every rank at the same time."""
     from .weights import load_model
 
-    if not distributed.is_main_process():
-        distributed.barrier()
-    model = load_model(weights, device=str(distributed.device_for_rank(str(device))))
-    if distributed.is_main_process():
-        distributed.barrier()
-    return model
+    with distributed.main_process_first():
+        return load_model(weights, device=str(distributed.device_for_rank(str(device))))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .errors import I3DError, InputError, VideoError
-from .model import InceptionI3d
+from .model import InceptionI3d, min_input_size
 from .transforms import Preprocess, flow_to_model_input
 
 __all__ = [
@@ -707,16 +707,21 @@ def classify_many(
         preprocess=streams.preprocess,
         min_frames=min_frames,
     )
-    if settings.crop_size < 193 and settings.crop != "full":
-        raise InputError(
-            f"crop size {settings.crop_size} is too small for the logits head (needs >= 193 pixels, as in TF); "
-            f"use the default 224"
-        )
+    check_crop_for_logits(settings, "the logits head", "use the default 224")
     prefetcher = Prefetcher(produce_batches(sources, settings, streams.preprocess, batch_size))
     try:
         yield from _score(prefetcher, sources, streams, settings, top_k, progress)
     finally:
         prefetcher.close()
+
+
+def check_crop_for_logits(settings: ClipSettings, what: str, advice: str) -> None:
+    """Refuse, before decoding anything, a crop smaller than TF's logits head accepts (193 pixels)."""
+    smallest = min_input_size("Logits")[1]
+    if settings.crop != "full" and settings.crop_size < smallest:
+        raise InputError(
+            f"crop size {settings.crop_size} is too small for {what} (needs >= {smallest} pixels, as in TF); {advice}"
+        )
 
 
 def _score(prefetcher, sources, streams: Streams, settings: ClipSettings, top_k, progress):
