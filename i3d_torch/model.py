@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .transforms import check_model_input
+from .winograd import TemporalWinogradConv, winograd_pays_off
 
 __all__ = ["ENDPOINTS", "InceptionI3d", "Unit3D", "InceptionBlock", "MaxPool3dSame", "BatchNorm3dNoScale"]
 
@@ -210,6 +211,8 @@ class Unit3D(nn.Module):
     def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv_3d
         x = x.contiguous(memory_format=torch.channels_last_3d)
+        if self._uses_temporal_winograd(x.shape[2]):
+            return self._inference_plan(tuple(x.shape), [1, 1, 1])(x)
         pads = [same_padding(n, k, s) for n, k, s in zip(x.shape[-3:], conv.kernel_size, conv.stride)]
         if all(before == after for before, after in pads):
             padding = [before for before, _ in pads]
@@ -217,32 +220,48 @@ class Unit3D(nn.Module):
             x = F.pad(x, _same_pad_arg(x.shape[-3:], conv.kernel_size, conv.stride))
             x = x.contiguous(memory_format=torch.channels_last_3d)
             padding = [0, 0, 0]
-        weight, bias = self._packed_inference_weights(tuple(x.shape), padding)
+        weight, bias = self._inference_plan(tuple(x.shape), padding)
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, padding, list(conv.stride), [1, 1, 1], 1, "relu", [], ""
         )
 
-    def _packed_inference_weights(self, input_shape: Tuple[int, ...], padding: List[int]):
+    def _uses_temporal_winograd(self, frames: int) -> bool:
+        conv = self.conv_3d
+        return (
+            TEMPORAL_WINOGRAD
+            and tuple(conv.kernel_size) == (3, 3, 3)
+            and tuple(conv.stride) == (1, 1, 1)
+            and winograd_pays_off(frames)
+        )
+
+    def _inference_plan(self, input_shape: Tuple[int, ...], padding: List[int]):
+        """The folded weights prepared for one input shape: ``(packed weight, bias)`` for the direct oneDNN
+        convolution, or a :class:`TemporalWinogradConv` for the 3x3x3 convolutions that take it."""
         # Key: the input shape (oneDNN picks the packed layout for it) and the identity and version of
         # every source tensor, so an optimizer step, load_state_dict or .to() invalidates the copy.
         sources = [t for t in (self.conv_3d.weight, self.conv_3d.bias) if t is not None]
         if isinstance(self.batch_norm, BatchNorm3dNoScale):
             sources += [self.batch_norm.bias, self.batch_norm.running_mean, self.batch_norm.running_var]
+        winograd = self._uses_temporal_winograd(input_shape[2])
         if any(t.is_inference() for t in sources):
             # Parameters made under torch.inference_mode() have no version counter, so an in-place change
             # could not be seen: fold and pack on every call instead of caching (correct, a bit slower).
             key = None
         else:
-            key = (input_shape, tuple(padding), tuple((t.data_ptr(), t._version) for t in sources))
+            key = (input_shape, tuple(padding), winograd, tuple((t.data_ptr(), t._version) for t in sources))
         cached = _ONEDNN_WEIGHTS.get(self)
         if key is None or cached is None or cached[0] != key:
             weight, bias = self.folded_weight_and_bias()
-            weight = weight.contiguous(memory_format=torch.channels_last_3d)
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                weight, padding, list(self.conv_3d.stride), [1, 1, 1], 1, list(input_shape)
-            )
-            cached = _ONEDNN_WEIGHTS[self] = (key, packed, None if bias is None else bias.contiguous())
-        return cached[1], cached[2]
+            if winograd:
+                plan = TemporalWinogradConv(weight, bias, input_shape)
+            else:
+                weight = weight.contiguous(memory_format=torch.channels_last_3d)
+                packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    weight, padding, list(self.conv_3d.stride), [1, 1, 1], 1, list(input_shape)
+                )
+                plan = (packed, None if bias is None else bias.contiguous())
+            cached = _ONEDNN_WEIGHTS[self] = (key, plan)
+        return cached[1]
 
 
 # Packed inference weights per Unit3D, outside the module so that state_dict, deepcopy and pickling of the
@@ -258,6 +277,11 @@ def _onednn_ops_available() -> bool:
 #: where this PyTorch build has oneDNN's fused convolution; set it to False to run the plain conv, BatchNorm
 #: and ReLU modules instead (to compare, or to rule the fast path out when debugging).
 ONEDNN_INFERENCE: bool = _onednn_ops_available()
+
+#: Whether that path computes the 3x3x3 stride-1 convolutions with temporal Winograd F(4, 3) (half the
+#: multiplications; see :mod:`i3d_torch.winograd`) where the clip is long enough for it to pay off. Set it
+#: to False for direct oneDNN convolutions everywhere (to compare).
+TEMPORAL_WINOGRAD: bool = True
 
 
 def onednn_inference_applies(unit: "Unit3D", x: torch.Tensor) -> bool:

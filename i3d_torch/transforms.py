@@ -14,6 +14,8 @@ DeepMind's preprocessing of a video (what the weights were trained on) is descri
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Union
 
@@ -119,11 +121,12 @@ def check_model_input(x: torch.Tensor, *, source: str = "input") -> list:
 
     Raises on NaN/Inf, which would silently poison every output.
     """
-    if not torch.isfinite(x).all():
+    # One pass: the extremes are NaN or infinite exactly when some value is (min and max propagate NaN).
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = int((~torch.isfinite(x)).sum())
         raise InputError(f"{source}: {bad} NaN/Inf value(s) in the clip")
     warnings = []
-    lo, hi = float(x.min()), float(x.max())
     if hi > 1.0 + 1e-3 or lo < -1.0 - 1e-3:
         cause = "0-255 pixels not rescaled" if hi > 2.0 else "values not mapped to [-1, 1]"
         warnings.append(
