@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import json
 import os
@@ -204,6 +205,23 @@ def _torch_plain(model: InceptionI3d, x: torch.Tensor) -> Forward:
     return forward
 
 
+def _torch_direct_convolutions(model: InceptionI3d, x: torch.Tensor) -> Forward:
+    # A copy of the model: the inference cache holds one prepared form per unit, so sharing the model with
+    # the default engine would re-fold and re-pack every unit on every call.
+    direct = copy.deepcopy(model)
+
+    def forward() -> torch.Tensor:
+        saved = model_module.TEMPORAL_WINOGRAD
+        model_module.TEMPORAL_WINOGRAD = False
+        try:
+            with torch.inference_mode():
+                return direct(x)
+        finally:
+            model_module.TEMPORAL_WINOGRAD = saved
+
+    return forward
+
+
 def _torch_compile(model: InceptionI3d, x: torch.Tensor) -> Forward:
     import torch._inductor.config as inductor_config
 
@@ -278,7 +296,11 @@ def available_peers() -> Dict[str, str]:
 
 
 def cpu_engines(short: bool, peers: Dict[str, str], skip: Sequence[str]) -> List[Engine]:
-    engines = [Engine(DEFAULT_ENGINE, _torch_default), Engine(PLAIN_ENGINE, _torch_plain)]
+    engines = [
+        Engine(DEFAULT_ENGINE, _torch_default),
+        Engine("torch eager, no Winograd (direct oneDNN convs)", _torch_direct_convolutions),
+        Engine(PLAIN_ENGINE, _torch_plain),
+    ]
     if not short:
         engines.append(Engine("torch.compile (inductor, freezing)", _torch_compile, "compile time not included"))
     if not short and peers["onnxruntime"].startswith("found"):
