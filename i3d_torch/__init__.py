@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-# Back PyTorch's large CPU tensors with transparent huge pages (PyTorch's own switch, read at its first large
-# allocation). A 64-frame forward allocates ~1 GB of fresh activations; with 4 KiB pages every one of them
-# is page-faulted in on first touch, which cost 15-20 % of the forward time on our 2-core machines (see
-# docs/performance.md). setdefault: an explicit THP_MEM_ALLOC_ENABLE=0 from the user wins.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 # The functions are imported eagerly (cheap next to torch itself): a package attribute named like its
 # submodule (fvd, finetune, inflate) must be bound to the function after the submodule is imported, or
 # ``i3d_torch.fvd`` would turn into the module the first time anything imports ``i3d_torch.fvd``.

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .transforms import check_model_input
 from .winograd import TemporalWinogradConv, winograd_pays_off
 
@@ -197,6 +198,17 @@ def _separable_max_pool_3x3x3(x: torch.Tensor) -> torch.Tensor:
     return y.permute(0, 4, 1, 2, 3)
 
 
+def _zero_pad_channels_last(x: torch.Tensor, pads: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    """``x`` zero-padded by (before, after) on T, H, W, in channels-last-3d memory, with one copy of ``x``."""
+    n, c = x.shape[:2]
+    padded_size = [size + before + after for size, (before, after) in zip(x.shape[2:], pads)]
+    padded = torch.empty([n, c] + padded_size, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
+    padded.zero_()
+    interior = padded[(slice(None), slice(None)) + tuple(slice(b, b + size) for size, (b, _) in zip(x.shape[2:], pads))]
+    interior.copy_(x)
+    return padded
+
+
 def _same_pad_arg(spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> List[int]:
     """``F.pad`` argument (last axis first) for TF SAME padding of a (T, H, W) shape."""
     arg: List[int] = []
@@ -238,17 +250,17 @@ class Unit3D(nn.Module):
         return conv.weight * scale.view(-1, 1, 1, 1, 1), bias
 
     def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep_freed_memory()  # once per process: see i3d_torch.allocator
         conv = self.conv_3d
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        if self._uses_temporal_winograd(x.shape[2]):
-            return self._inference_plan(tuple(x.shape), [1, 1, 1])(x)
         pads = [same_padding(n, k, s) for n, k, s in zip(x.shape[-3:], conv.kernel_size, conv.stride)]
         if all(before == after for before, after in pads):
-            padding = [before for before, _ in pads]
-        else:  # asymmetric TF padding (only the strided stem conv): one explicit pad of the input
-            x = F.pad(x, _same_pad_arg(x.shape[-3:], conv.kernel_size, conv.stride))
             x = x.contiguous(memory_format=torch.channels_last_3d)
+            padding = [before for before, _ in pads]
+        else:  # asymmetric TF padding (the strided convs): pad explicitly, in the same copy as the layout change
+            x = _zero_pad_channels_last(x, pads)
             padding = [0, 0, 0]
+        if self._uses_temporal_winograd(x.shape[2]):
+            return self._inference_plan(tuple(x.shape), padding)(x)
         weight, bias = self._inference_plan(tuple(x.shape), padding)
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, padding, list(conv.stride), [1, 1, 1], 1, "relu", [], ""
