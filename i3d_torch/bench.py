@@ -47,6 +47,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import model as model_module
+from .allocator import KEEP_FREED_MEMORY_ENV, keep_freed_memory
 from .errors import I3DError, InputError
 from .fileio import atomic_open, atomic_path, write_json
 from .model import InceptionI3d
@@ -732,13 +733,19 @@ def run(args: argparse.Namespace) -> int:
     command = "i3d-torch " + " ".join(shlex.quote(a) for a in argv) if argv and argv[0] == "bench" else \
         "i3d-torch bench " + " ".join(shlex.quote(a) for a in argv)
     set_threads(args.threads)
+    # Every torch engine under the same allocator, whichever runs first (the default path turns it on itself).
+    keeps_memory = keep_freed_memory()
     model, weights = build_model(args.weights)
     model.check_values = False  # range checks are not part of the forward being measured
     peers = available_peers()
     log("peers: " + "; ".join(f"{k} {v}" for k, v in peers.items()))
     attainable = matmul_rate(2048 if args.short else MATMUL_SIZE)
+    machine = machine_description()
+    machine["freed CPU memory kept for reuse"] = (
+        "yes (i3d_torch.allocator)" if keeps_memory else f"no ({KEEP_FREED_MEMORY_ENV}=0 or not glibc)"
+    )
     report = Report(command, datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    machine_description(), weights, peers, attainable)
+                    machine, weights, peers, attainable)
     engines = cpu_engines(args.short, peers, args.skip)
     for frames in frames_list:
         for batch in batches:
