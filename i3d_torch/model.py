@@ -223,8 +223,10 @@ class Unit3D(nn.Module):
     In eval mode without autograd on CPU float32 (``model.eval()`` and ``torch.inference_mode()``), the unit
     runs as one oneDNN op instead (see :func:`onednn_inference_applies`): BatchNorm folded into the conv
     weights and bias, the weights pre-packed once into oneDNN's blocked layout, the ReLU fused, activations
-    channels-last-3d. The parameters are not touched; the folded copy is cached outside the module and
-    rebuilt whenever a parameter or BN statistic changes, so training and fine-tuning see plain BatchNorm.
+    channels-last-3d; 3x3x3 units compute as temporal Winograd F(4, 3) (:mod:`i3d_torch.winograd`) where the
+    clip is long enough for it to pay off. The parameters are not touched; the folded copy is cached outside
+    the module and rebuilt whenever a parameter or BN statistic changes, so training and fine-tuning see
+    plain BatchNorm.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=(1, 1, 1), stride=(1, 1, 1)):
