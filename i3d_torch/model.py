@@ -261,9 +261,10 @@ class Unit3D(nn.Module):
         else:  # asymmetric TF padding (the strided convs): pad explicitly, in the same copy as the layout change
             x = _zero_pad_channels_last(x, pads)
             padding = [0, 0, 0]
-        if self._uses_temporal_winograd(x.shape[2]):
-            return self._inference_plan(tuple(x.shape), padding)(x)
-        weight, bias = self._inference_plan(tuple(x.shape), padding)
+        plan = self._inference_plan(tuple(x.shape), padding)
+        if isinstance(plan, TemporalWinogradConv):
+            return plan(x)
+        weight, bias = plan
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, padding, list(conv.stride), [1, 1, 1], 1, "relu", [], ""
         )

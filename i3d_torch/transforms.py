@@ -15,7 +15,6 @@ DeepMind's preprocessing of a video (what the weights were trained on) is descri
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass
 from typing import Union
 
