@@ -17,9 +17,10 @@ matrices below are their F(4, 3) (interpolation points 0, 1, -1, 2, -2 and infin
 
 Layout: the input is channels-last ``[N, C, T, H, W]`` (memory ``N, T, H, W, C``), read as a ``T x (H*W*C)``
 matrix per clip. One matmul with a banded ``(6 * tiles) x T`` matrix gives all transformed frames, grouped
-by component so that each component is a contiguous channels-last batch of 2-D images. The six component
-convolutions accumulate into one zeroed buffer (oneDNN's in-place sum), and one batched matmul with the
-``4 x 6`` output transform gives the output frames in order; the ReLU runs in place.
+by component so that each component is a contiguous channels-last batch of 2-D images. The four components
+that feed every output frame accumulate into one zeroed buffer (oneDNN's in-place sum) and one batched matmul
+with their ``4 x 4`` part of the output transform gives the output frames in order; the two components that
+feed only a tile's first or last frame accumulate straight into that frame, with the ReLU fused.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ _OUTPUT_TRANSFORM = (  # A^T, 4 x 6
 )
 # The component whose output-transform column is all ones: adding the bias to it adds it to every output.
 _BIAS_COMPONENT = 1
+# Components whose output-transform column has a single 1, in output frame 0 or 3, and the others.
+_OWN_FRAME_COMPONENTS = {0: 0, 5: OUTPUT_FRAMES - 1}
+_SHARED_COMPONENTS = [1, 2, 3, 4]
 
 
 def transform_matrices(dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,24 +137,36 @@ class TemporalWinogradConv:
             transformed = transformed.view(batch, _COMPONENTS, tiles, -1).transpose(0, 1).contiguous()
         transformed = transformed.view(_COMPONENTS, batch * tiles, height, width, channels)
 
-        products = x.new_zeros(_COMPONENTS, batch * tiles, height, width, out_channels)
-        for component in range(_COMPONENTS):
-            torch.ops.mkldnn._convolution_pointwise_(
-                products[component].permute(0, 3, 1, 2),  # accumulated into, in place
-                transformed[component].permute(0, 3, 1, 2),
-                self.packed[component],
-                self.bias if component == _BIAS_COMPONENT else None,
-                [1, 1],
-                [1, 1],
-                [1, 1],
-                1,
-                "add",
-                None,
-                None,
-                [],
-                None,
-            )
-        per_tile = products.view(_COMPONENTS, batch, tiles, -1).permute(1, 2, 0, 3)  # [N, tiles, 6, ...]
-        out = torch.matmul(self.output_matrix, per_tile)  # [N, tiles, 4, H*W*C_out], frames in order
+        # Components 1-4 feed every output frame of a tile: their products go through the output transform.
+        products = x.new_zeros(len(_SHARED_COMPONENTS), batch * tiles, height, width, out_channels)
+        for slot, component in enumerate(_SHARED_COMPONENTS):
+            self._accumulate(component, transformed[component], products[slot], relu=False)
+        per_tile = products.view(len(_SHARED_COMPONENTS), batch, tiles, -1).permute(1, 2, 0, 3)  # [N, tiles, 4, ...]
+        out = torch.matmul(self.output_matrix[:, _SHARED_COMPONENTS], per_tile)  # [N, tiles, 4 frames, H*W*C_out]
+        # Components 0 and 5 feed only the first and the last frame of a tile (their output-transform columns
+        # are (1, 0, 0, 0) and (0, 0, 0, 1)): they accumulate straight into those frames, with the ReLU fused.
+        frames_of_tiles = out.view(batch * tiles, OUTPUT_FRAMES, height, width, out_channels)
+        for component, frame in _OWN_FRAME_COMPONENTS.items():
+            self._accumulate(component, transformed[component], frames_of_tiles[:, frame], relu=True)
+        frames_of_tiles[:, 1 : OUTPUT_FRAMES - 1].relu_()
         out = out.view(batch, tiles * OUTPUT_FRAMES, height, width, out_channels)[:, :frames]
-        return out.relu_().permute(0, 4, 1, 2, 3)
+        return out.permute(0, 4, 1, 2, 3)
+
+    def _accumulate(self, component: int, images: torch.Tensor, into: torch.Tensor, relu: bool) -> None:
+        """``into += conv(images, kernel bank of component)`` (+ bias for the bias component), in place;
+        both channels-last ``[images, H, W, C]`` views."""
+        torch.ops.mkldnn._convolution_pointwise_(
+            into.permute(0, 3, 1, 2),
+            images.permute(0, 3, 1, 2),
+            self.packed[component],
+            self.bias if component == _BIAS_COMPONENT else None,
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            1,
+            "add",
+            None,
+            "relu" if relu else None,
+            [],
+            None,
+        )
