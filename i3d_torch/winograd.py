@@ -124,7 +124,7 @@ class TemporalWinogradConv:
                 if 0 <= frame < frames:
                     banded[:, tile, frame] = input_transform[:, position]
         self.input_matrix = banded.reshape(_COMPONENTS * self.tiles, frames).float()
-        self.output_matrix = output_transform.float()
+        self.shared_output_matrix = output_transform[:, _SHARED_COMPONENTS].float()  # 4 frames x 4 components
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, frames, height, width = self.input_shape
@@ -142,7 +142,7 @@ class TemporalWinogradConv:
         for slot, component in enumerate(_SHARED_COMPONENTS):
             self._accumulate(component, transformed[component], products[slot], relu=False)
         per_tile = products.view(len(_SHARED_COMPONENTS), batch, tiles, -1).permute(1, 2, 0, 3)  # [N, tiles, 4, ...]
-        out = torch.matmul(self.output_matrix[:, _SHARED_COMPONENTS], per_tile)  # [N, tiles, 4 frames, H*W*C_out]
+        out = torch.matmul(self.shared_output_matrix, per_tile)  # [N, tiles, 4 frames, H*W*C_out]
         # Components 0 and 5 feed only the first and the last frame of a tile (their output-transform columns
         # are (1, 0, 0, 0) and (0, 0, 0, 1)): they accumulate straight into those frames, with the ReLU fused.
         frames_of_tiles = out.view(batch * tiles, OUTPUT_FRAMES, height, width, out_channels)
