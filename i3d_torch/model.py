@@ -193,7 +193,8 @@ def _separable_max_pool_3x3x3(x: torch.Tensor) -> torch.Tensor:
         out.narrow(axis, 0, 1).copy_(pairs.narrow(axis, 0, 1))  # the -inf SAME pad never wins at the ends
         out.narrow(axis, size - 1, 1).copy_(pairs.narrow(axis, size - 2, 1))
         if size > 2:
-            torch.maximum(pairs.narrow(axis, 0, size - 2), pairs.narrow(axis, 1, size - 2), out=out.narrow(axis, 1, size - 2))
+            inner = out.narrow(axis, 1, size - 2)
+            torch.maximum(pairs.narrow(axis, 0, size - 2), pairs.narrow(axis, 1, size - 2), out=inner)
         y = out
     return y.permute(0, 4, 1, 2, 3)
 

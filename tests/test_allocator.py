@@ -25,8 +25,9 @@ import ctypes, json, torch
 from i3d_torch import InceptionI3d, allocator
 
 class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"
+    )]
 
 model = InceptionI3d(final_endpoint="Conv3d_2b_1x1").eval()
 model.check_values = False

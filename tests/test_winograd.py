@@ -80,7 +80,10 @@ def test_model_inference_takes_winograd_and_stays_within_the_endpoint_bound():
         assert error < 2e-5, f"{name}: {error:.2e} of its peak"
 
 
-@pytest.mark.parametrize("shape", [(1, 2, 1, 1, 1), (2, 3, 1, 2, 5), (1, 4, 2, 3, 1), (2, 5, 7, 9, 11), (1, 8, 4, 6, 6)])
+POOL_SHAPES = [(1, 2, 1, 1, 1), (2, 3, 1, 2, 5), (1, 4, 2, 3, 1), (2, 5, 7, 9, 11), (1, 8, 4, 6, 6)]
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES)
 def test_separable_pool_equals_max_pool3d_with_minus_infinity_padding(shape):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape))).contiguous(
         memory_format=torch.channels_last_3d
