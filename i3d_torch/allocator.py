@@ -16,6 +16,7 @@ memory back to the OS between forwards, at the price of the page faults).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 
@@ -27,14 +28,9 @@ KEEP_FREED_MEMORY_ENV = "I3D_TORCH_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
-_state = {"done": False, "applied": False}
-
-
+@functools.lru_cache(maxsize=None)  # once per process
 def keep_freed_memory() -> bool:
     """Configure glibc malloc, once per process, to keep freed memory for reuse; True if it is in effect."""
-    if _state["done"]:
-        return _state["applied"]
-    _state["done"] = True
     if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0" or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -44,6 +40,4 @@ def keep_freed_memory() -> bool:
     # No mmap for large blocks: they come from the heap (glibc still falls back to mmap if the heap cannot
     # grow). No trimming: freed heap memory stays mapped for the next forward.
     applied = libc.mallopt(_M_MMAP_MAX, 0) == 1
-    applied = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)) == 1 and applied
-    _state["applied"] = applied
-    return applied
+    return libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)) == 1 and applied

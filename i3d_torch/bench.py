@@ -169,13 +169,15 @@ def set_threads(threads: Optional[int]) -> None:
 
 
 @contextlib.contextmanager
-def onednn_inference(enabled: bool):
-    saved = model_module.ONEDNN_INFERENCE
-    model_module.ONEDNN_INFERENCE = enabled and saved
+def model_switch_off(name: str):
+    """Turn off one of :mod:`i3d_torch.model`'s inference switches (``ONEDNN_INFERENCE``,
+    ``TEMPORAL_WINOGRAD``) for the duration of the block."""
+    saved = getattr(model_module, name)
+    setattr(model_module, name, False)
     try:
         yield
     finally:
-        model_module.ONEDNN_INFERENCE = saved
+        setattr(model_module, name, saved)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -200,7 +202,7 @@ def _torch_default(model: InceptionI3d, x: torch.Tensor) -> Forward:
 
 def _torch_plain(model: InceptionI3d, x: torch.Tensor) -> Forward:
     def forward() -> torch.Tensor:
-        with onednn_inference(False), torch.inference_mode():
+        with model_switch_off("ONEDNN_INFERENCE"), torch.inference_mode():
             return model(x)
 
     return forward
@@ -212,13 +214,8 @@ def _torch_direct_convolutions(model: InceptionI3d, x: torch.Tensor) -> Forward:
     direct = copy.deepcopy(model)
 
     def forward() -> torch.Tensor:
-        saved = model_module.TEMPORAL_WINOGRAD
-        model_module.TEMPORAL_WINOGRAD = False
-        try:
-            with torch.inference_mode():
-                return direct(x)
-        finally:
-            model_module.TEMPORAL_WINOGRAD = saved
+        with model_switch_off("TEMPORAL_WINOGRAD"), torch.inference_mode():
+            return direct(x)
 
     return forward
 
@@ -372,7 +369,7 @@ def bench_config(
     log: Callable[[str], None],
 ) -> List[Row]:
     x = clip_input(frames, batch)
-    with onednn_inference(False), torch.inference_mode():
+    with model_switch_off("ONEDNN_INFERENCE"), torch.inference_mode():
         reference = model(x)  # plain PyTorch: the parity yardstick of every engine
     forwards: Dict[str, Forward] = {}
     diffs: Dict[str, float] = {}
