@@ -63,6 +63,11 @@ GOAL_FASTEST_VS_TF = 1.3
 #: Pause before each timed call, longer than the thread pools' spin-wait after their work.
 SETTLE_S = 0.1
 
+#: TF uses its oneDNN kernels by default only on CPUs with AVX-512 VNNI, AVX-512 BF16 or AMX; elsewhere (an
+#: AVX2-only AMD EPYC here) it runs its Eigen kernels, 2.1x slower on I3D (64x224x224: 3.76 against 1.77 s).
+#: The peer must be TF at its fastest, so the benchmark asks for oneDNN unless the caller set this variable.
+TF_ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
 TF_ENGINE = "tf.function (TF reference)"
 PLAIN_ENGINE = "torch eager, plain ops"
 DEFAULT_ENGINE = "torch eager (default)"
@@ -269,13 +274,31 @@ def _quiet():
         yield
 
 
+def prefer_tf_onednn() -> None:
+    """Ask TF for its oneDNN kernels (read once, when TF is first imported) unless the caller chose."""
+    os.environ.setdefault(TF_ONEDNN_ENV, "1")
+
+
+def tf_onednn_state() -> str:
+    """Whether the imported TF runs its oneDNN kernels, and why, for the report."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # no public API says it
+
+        enabled = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return "oneDNN kernels: unknown"
+    setting = os.environ.get(TF_ONEDNN_ENV)
+    why = f"{TF_ONEDNN_ENV}={setting}" if setting is not None else "TF's default for this CPU"
+    return f"oneDNN kernels {'on' if enabled else 'off'} ({why})"
+
+
 def available_peers() -> Dict[str, str]:
     """Optional peers: name -> 'found <version>' or 'not found (...)'."""
     peers = {}
     try:
         import tensorflow as tf
 
-        peers["tensorflow"] = f"found {tf.__version__}"
+        peers["tensorflow"] = f"found {tf.__version__}, {tf_onednn_state()}"
     except ImportError:
         peers["tensorflow"] = "not found (pip install 'i3d-torch[tf]')"
     try:
@@ -721,6 +744,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(memory_child(args.memory_child, args.frames[0], args.batch[0])))
         return 0
     _validate(args)
+    prefer_tf_onednn()  # before anything imports TF; the memory children inherit it
     frames_list = args.frames or ([9] if args.short else [16, 64])
     batches = args.batch or ([1] if args.short else [1, 2])
     repeats = args.repeats or (1 if args.short else 5)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from i3d_torch.bench import DEFAULT_ENGINE, PLAIN_ENGINE, TABLE_COLUMNS, TF_ENGINE
+from i3d_torch.bench import DEFAULT_ENGINE, PLAIN_ENGINE, TABLE_COLUMNS, TF_ENGINE, TF_ONEDNN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,19 @@ def test_short_run_reports_decoding_and_skips_the_gpu_part_with_a_reason(short_r
 
     if not torch.cuda.is_available():
         assert "### GPU: skipped: no CUDA device" in done.stdout
+
+
+def test_short_run_measures_tf_with_its_onednn_kernels_unless_told_otherwise(short_run):
+    # TF turns oneDNN on by default only on some CPUs; without it TF is 2x slower and the ratios flatter us.
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("tensorflow is not installed: no TF peer to check")
+    done, _ = short_run
+    peers = next(line for line in done.stdout.splitlines() if line.startswith("Peers:"))
+    chosen = os.environ.get(TF_ONEDNN_ENV)
+    if chosen is None:
+        assert f"oneDNN kernels on ({TF_ONEDNN_ENV}=1)" in peers, peers
+    else:
+        assert f"({TF_ONEDNN_ENV}={chosen})" in peers, peers
 
 
 def test_short_run_writes_the_report_it_prints(short_run):
