@@ -34,7 +34,7 @@ from torch import nn
 
 from .allocator import keep_freed_memory
 from .transforms import check_model_input
-from .winograd import TemporalWinogradConv, winograd_pays_off
+from .winograd import TemporalWinogradConv, temporal_winograd_applies
 
 __all__ = ["ENDPOINTS", "InceptionI3d", "Unit3D", "InceptionBlock", "MaxPool3dSame", "BatchNorm3dNoScale"]
 
@@ -224,10 +224,10 @@ class Unit3D(nn.Module):
     In eval mode without autograd on CPU float32 (``model.eval()`` and ``torch.inference_mode()``), the unit
     runs as one oneDNN op instead (see :func:`onednn_inference_applies`): BatchNorm folded into the conv
     weights and bias, the weights pre-packed once into oneDNN's blocked layout, the ReLU fused, activations
-    channels-last-3d; 3x3x3 units compute as temporal Winograd F(4, 3) (:mod:`i3d_torch.winograd`) where the
-    clip is long enough for it to pay off. The parameters are not touched; the folded copy is cached outside
-    the module and rebuilt whenever a parameter or BN statistic changes, so training and fine-tuning see
-    plain BatchNorm.
+    channels-last-3d; the 3x3x3 units and the 7x7x7 stride-2 stem compute as temporal Winograd
+    (:mod:`i3d_torch.winograd`) where the clip is long enough for it to pay off. The parameters are not
+    touched; the folded copy is cached outside the module and rebuilt whenever a parameter or BN statistic
+    changes, so training and fine-tuning see plain BatchNorm.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=(1, 1, 1), stride=(1, 1, 1)):
@@ -270,14 +270,9 @@ class Unit3D(nn.Module):
             x, weight, bias, padding, list(conv.stride), [1, 1, 1], 1, "relu", [], ""
         )
 
-    def _uses_temporal_winograd(self, frames: int) -> bool:
+    def _uses_temporal_winograd(self, frames: int, padding: List[int]) -> bool:
         conv = self.conv_3d
-        return (
-            TEMPORAL_WINOGRAD
-            and tuple(conv.kernel_size) == (3, 3, 3)
-            and tuple(conv.stride) == (1, 1, 1)
-            and winograd_pays_off(frames)
-        )
+        return TEMPORAL_WINOGRAD and temporal_winograd_applies(conv.kernel_size, conv.stride, padding, frames)
 
     def _inference_plan(self, input_shape: Tuple[int, ...], padding: List[int]):
         """The folded weights prepared for one input shape: ``(packed weight, bias)`` for the direct oneDNN
@@ -287,7 +282,7 @@ class Unit3D(nn.Module):
         sources = [t for t in (self.conv_3d.weight, self.conv_3d.bias) if t is not None]
         if isinstance(self.batch_norm, BatchNorm3dNoScale):
             sources += [self.batch_norm.bias, self.batch_norm.running_mean, self.batch_norm.running_var]
-        winograd = self._uses_temporal_winograd(input_shape[2])
+        winograd = self._uses_temporal_winograd(input_shape[2], padding)
         if any(t.is_inference() for t in sources):
             # Parameters made under torch.inference_mode() have no version counter, so an in-place change
             # could not be seen: fold and pack on every call instead of caching (correct, a bit slower).
@@ -298,7 +293,7 @@ class Unit3D(nn.Module):
         if key is None or cached is None or cached[0] != key:
             weight, bias = self.folded_weight_and_bias()
             if winograd:
-                plan = TemporalWinogradConv(weight, bias, input_shape)
+                plan = TemporalWinogradConv(weight, bias, input_shape, self.conv_3d.stride, padding)
             else:
                 weight = weight.contiguous(memory_format=torch.channels_last_3d)
                 packed = torch.ops.mkldnn._reorder_convolution_weight(
@@ -323,9 +318,9 @@ def _onednn_ops_available() -> bool:
 #: and ReLU modules instead (to compare, or to rule the fast path out when debugging).
 ONEDNN_INFERENCE: bool = _onednn_ops_available()
 
-#: Whether that path computes the 3x3x3 stride-1 convolutions with temporal Winograd F(4, 3) (half the
-#: multiplications; see :mod:`i3d_torch.winograd`) where the clip is long enough for it to pay off. Set it
-#: to False for direct oneDNN convolutions everywhere (to compare).
+#: Whether that path computes the 3x3x3 stride-1 convolutions and the stem with temporal Winograd (half and
+#: 59 % of the multiplications; see :mod:`i3d_torch.winograd`) where the clip is long enough for it to pay
+#: off. Set it to False for direct oneDNN convolutions everywhere (to compare).
 TEMPORAL_WINOGRAD: bool = True
 
 

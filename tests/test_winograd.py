@@ -1,6 +1,7 @@
-"""Temporal Winograd F(4, 3) of the CPU inference path, and the separable stride-1 max-pool.
+"""Temporal Winograd of the CPU inference path (F(4, 3) for 3x3x3, F(3, 4) on paired frames for the stem),
+and the separable stride-1 max-pool.
 
-Yardsticks: the algebraic identity of the F(4, 3) matrices in float64, and float64 direct convolutions and
+Yardsticks: the algebraic identity of the transform matrices in float64, and float64 direct convolutions and
 max-pools; the model-level bound is the project's 2e-5 x peak on endpoints.
 """
 
@@ -12,26 +13,51 @@ import torch.nn.functional as F
 
 from i3d_torch import model as model_module
 from i3d_torch.model import InceptionI3d, MaxPool3dSame, _separable_max_pool_3x3x3
-from i3d_torch.winograd import TemporalWinogradConv, transform_matrices, winograd_pays_off
+from i3d_torch.winograd import TemporalWinogradConv, temporal_winograd_applies, transform_matrices
 
 needs_onednn = pytest.mark.skipif(
     not model_module.ONEDNN_INFERENCE, reason="this PyTorch build has no oneDNN fused convolution"
 )
 
 
-def test_f43_matrices_compute_four_outputs_of_a_three_tap_correlation():
-    input_transform, kernel_transform, output_transform = transform_matrices()
-    generator = torch.Generator().manual_seed(0)
+LAVIN_GRAY_F43 = {  # their published G and A^T for F(4, 3)
+    "kernel": [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+               [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+    "output": [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+}
+
+
+def test_toom_cook_construction_gives_lavin_and_grays_f43_matrices():
+    _, kernel_transform, output_transform = transform_matrices(3)
+    torch.testing.assert_close(kernel_transform, torch.tensor(LAVIN_GRAY_F43["kernel"], dtype=torch.float64))
+    torch.testing.assert_close(output_transform, torch.tensor(LAVIN_GRAY_F43["output"], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("taps", [3, 4])
+def test_matrices_compute_the_outputs_of_a_correlation_over_six_frames(taps):
+    input_transform, kernel_transform, output_transform = transform_matrices(taps)
+    outputs = 7 - taps
+    generator = torch.Generator().manual_seed(taps)
     for _ in range(20):
-        taps = torch.randn(3, dtype=torch.float64, generator=generator)
+        kernel = torch.randn(taps, dtype=torch.float64, generator=generator)
         frames = torch.randn(6, dtype=torch.float64, generator=generator)
-        winograd = output_transform @ ((kernel_transform @ taps) * (input_transform @ frames))
-        direct = torch.stack([(taps * frames[i : i + 3]).sum() for i in range(4)])
+        winograd = output_transform @ ((kernel_transform @ kernel) * (input_transform @ frames))
+        direct = torch.stack([(kernel * frames[i : i + taps]).sum() for i in range(outputs)])
         torch.testing.assert_close(winograd, direct, rtol=0, atol=1e-12)
 
 
 def test_winograd_is_used_only_where_it_saves_a_third_of_the_multiplications():
-    assert [t for t in range(1, 14) if winograd_pays_off(t)] == [3, 4, 6, 7, 8, 9, 10, 11, 12, 13]
+    same = [1, 1, 1]
+    assert [t for t in range(1, 14) if temporal_winograd_applies((3, 3, 3), (1, 1, 1), same, t)] == [
+        3, 4, 6, 7, 8, 9, 10, 11, 12, 13
+    ]
+    # The stem, on its explicitly padded input: 6 products per tile of 3 output frames over paired frames cost
+    # 12 of the original 3-channel products, against 7 per output frame direct; it needs a saving of 40 %.
+    stem = ((7, 7, 7), (2, 2, 2), [0, 0, 0])
+    stem_outputs = {(t - 7) // 2 + 1 for t in range(7, 80) if temporal_winograd_applies(*stem, t)}
+    assert sorted(stem_outputs)[:8] == [3, 6, 9, 12, 15, 18, 20, 21] and 32 in stem_outputs
+    assert not temporal_winograd_applies((7, 7, 7), (2, 2, 2), [3, 3, 3], 64)  # implicit time padding: no
+    assert not temporal_winograd_applies((1, 1, 1), (1, 1, 1), [0, 0, 0], 64)
 
 
 @needs_onednn
@@ -56,6 +82,23 @@ def test_temporal_winograd_equals_a_same_padded_conv_plus_relu(batch, frames, he
 
 
 @needs_onednn
+@pytest.mark.parametrize("batch,frames,size", [(1, 23, 37), (2, 17, 21), (1, 69, 23), (1, 24, 15)])
+def test_stem_winograd_equals_a_stride_two_conv_plus_relu(batch, frames, size):
+    # The stem's input arrives zero-padded (TF SAME at stride 2 is asymmetric), so the convolution is VALID.
+    generator = torch.Generator().manual_seed(frames)
+    weight = torch.randn(64, 3, 7, 7, 7, generator=generator) * (2 / (343 * 3)) ** 0.5
+    offset = torch.randn(64, generator=generator)
+    x = torch.randn(batch, 3, frames, size, size + 2, generator=generator)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    expected = F.relu(F.conv3d(x.double(), weight.double(), offset.double(), stride=2))
+    with torch.inference_mode():
+        got = TemporalWinogradConv(weight, offset, tuple(x.shape), (2, 2, 2), (0, 0, 0))(x)
+    assert got.shape == expected.shape
+    error = (got.double() - expected).abs().max() / expected.abs().max()
+    assert error < 2e-5, f"{error:.2e} of the output's peak"
+
+
+@needs_onednn
 def test_temporal_winograd_refuses_another_input_shape():
     plan = TemporalWinogradConv(torch.randn(4, 3, 3, 3, 3), None, (1, 3, 8, 5, 5))
     with pytest.raises(ValueError, match="built for input"):
@@ -75,6 +118,23 @@ def test_model_inference_takes_winograd_and_stays_within_the_endpoint_bound():
     plans = model_module._ONEDNN_WEIGHTS
     assert isinstance(plans[model.Conv3d_2c_3x3][1], TemporalWinogradConv)  # T = 8 there
     assert isinstance(plans[model.Mixed_4c.Branch_1.Conv3d_0b_3x3][1], TemporalWinogradConv)  # T = 4
+    assert not isinstance(plans[model.Conv3d_1a_7x7][1], TemporalWinogradConv)  # stem: 8 output frames, 0.64
+    for name in names:
+        error = (got[name].double() - expected[name]).abs().max() / expected[name].abs().max()
+        assert error < 2e-5, f"{name}: {error:.2e} of its peak"
+
+
+@needs_onednn
+def test_model_inference_takes_the_stem_winograd_on_long_clips_within_the_endpoint_bound():
+    torch.manual_seed(0)
+    model = InceptionI3d(final_endpoint="Conv3d_2c_3x3").eval()
+    model.check_values = False
+    x = (torch.rand(1, 3, 18, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1).double()  # 9 stem outputs
+    names = ["Conv3d_1a_7x7", "Conv3d_2c_3x3"]
+    with torch.inference_mode():
+        expected = model.double().extract_endpoints(x, names)
+        got = model.float().extract_endpoints(x.float(), names)
+    assert isinstance(model_module._ONEDNN_WEIGHTS[model.Conv3d_1a_7x7][1], TemporalWinogradConv)
     for name in names:
         error = (got[name].double() - expected[name]).abs().max() / expected[name].abs().max()
         assert error < 2e-5, f"{name}: {error:.2e} of its peak"
