@@ -212,6 +212,7 @@ class TemporalWinogradConv:
         if batch > 1:  # component-major, so each component's N * tiles images are one contiguous batch
             transformed = transformed.view(batch, COMPONENTS, tiles, -1).transpose(0, 1).contiguous()
         transformed = transformed.view(COMPONENTS, batch * tiles, height, width, -1)
+        del clip, clip_rows  # the stem's paired frames (44 MB at 64 frames) are not needed past this point
 
         # The four shared components' products go through the output transform.
         products = x.new_zeros(len(_SHARED_COMPONENTS), batch * tiles, out_height, out_width, out_channels)
