@@ -89,9 +89,13 @@ def transform_matrices(
     return torch.tensor(_INPUT_TRANSFORM, dtype=dtype), kernel.to(dtype), output.to(dtype)
 
 
-def _temporal_filter(kernel_frames: int, stride: int) -> Tuple[int, int]:
-    """(taps, frames paired into channels) of the stride-1 temporal filter that Winograd computes."""
-    return -(-kernel_frames // stride), stride
+def _temporal_tiling(kernel_frames: int, stride: int, padding: int, frames: int) -> Tuple[int, int, int, int]:
+    """``(taps, pairing, out_frames, tiles)``: the taps of the stride-1 temporal filter that Winograd computes
+    once ``pairing`` (= the time stride) frames are put side by side in the channels, the conv's output
+    frames, and the tiles of ``7 - taps`` output frames that cover them."""
+    taps = -(-kernel_frames // stride)
+    out_frames = (frames + 2 * padding - kernel_frames) // stride + 1
+    return taps, stride, out_frames, -(-out_frames // (COMPONENTS + 1 - taps))
 
 
 #: (temporal kernel, temporal stride) -> the largest fraction of the direct multiplications at which Winograd
@@ -115,11 +119,9 @@ def temporal_winograd_applies(
     max_work = _MAX_WORK.get((kernel_frames, time_stride))
     if max_work is None or (time_stride == 2 and time_padding != 0):
         return False
-    out_frames = (frames + 2 * time_padding - kernel_frames) // time_stride + 1
+    _, pairing, out_frames, tiles = _temporal_tiling(kernel_frames, time_stride, time_padding, frames)
     if out_frames < 1:
         return False
-    taps, pairing = _temporal_filter(kernel_frames, time_stride)
-    tiles = -(-out_frames // (COMPONENTS + 1 - taps))
     # Multiplications per input channel and output pixel: 6 per tile over the paired channels, against one
     # per tap and output frame (a small tolerance so that exactly 2/3 counts as 2/3).
     return COMPONENTS * tiles * pairing <= max_work * kernel_frames * out_frames + 1e-9
@@ -154,10 +156,8 @@ class TemporalWinogradConv:
         self.out_channels = out_channels
         self.frame_padding = padding[0]
         self.spatial_stride, self.spatial_padding = list(stride[1:]), list(padding[1:])
-        taps, self.pairing = _temporal_filter(kernel_frames, stride[0])
+        taps, self.pairing, self.out_frames, self.tiles = _temporal_tiling(kernel_frames, stride[0], padding[0], frames)
         self.tile_frames = COMPONENTS + 1 - taps
-        self.out_frames = (frames + 2 * padding[0] - kernel_frames) // stride[0] + 1
-        self.tiles = -(-self.out_frames // self.tile_frames)
         self.filter_frames = -(-frames // self.pairing)  # frames of the (paired) input the filter runs over
         self.out_height = (height + 2 * padding[1] - kernel_height) // stride[1] + 1
         self.out_width = (width + 2 * padding[2] - kernel_width) // stride[2] + 1
