@@ -259,12 +259,16 @@ class Unit3D(nn.Module):
         if all(before == after for before, after in pads):
             x = x.contiguous(memory_format=torch.channels_last_3d)
             padding = [before for before, _ in pads]
+            plan = self._inference_plan(tuple(x.shape), padding)
+            if isinstance(plan, TemporalWinogradConv):
+                return plan(x)
         else:  # asymmetric TF padding (the strided convs): pad explicitly, in the same copy as the layout change
-            x = _zero_pad_channels_last(x, pads)
             padding = [0, 0, 0]
-        plan = self._inference_plan(tuple(x.shape), padding)
-        if isinstance(plan, TemporalWinogradConv):
-            return plan(x)
+            padded_shape = tuple(x.shape[:2]) + tuple(n + sum(p) for n, p in zip(x.shape[2:], pads))
+            plan = self._inference_plan(padded_shape, padding)
+            if isinstance(plan, TemporalWinogradConv):  # the stem: pads in the copy that pairs its frames
+                return plan(x, explicit_padding=pads)
+            x = _zero_pad_channels_last(x, pads)
         weight, bias = plan
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, bias, padding, list(conv.stride), [1, 1, 1], 1, "relu", [], ""

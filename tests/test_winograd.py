@@ -1,4 +1,4 @@
-"""Temporal Winograd of the CPU inference path (F(4, 3) for 3x3x3, F(3, 4) on paired frames for the stem),
+"""Temporal Winograd of the CPU inference path (F(4, 3) for 3x3x3, F(4, 4) on paired frames for the stem),
 and the separable stride-1 max-pool.
 
 Yardsticks: the algebraic identity of the transform matrices in float64, and float64 direct convolutions and
@@ -13,14 +13,23 @@ import torch.nn.functional as F
 
 from i3d_torch import model as model_module
 from i3d_torch.model import InceptionI3d, MaxPool3dSame, _separable_max_pool_3x3x3
-from i3d_torch.winograd import TemporalWinogradConv, temporal_winograd_applies, transform_matrices
+from i3d_torch.model import _zero_pad_channels_last, same_padding
+from i3d_torch.winograd import (
+    F43_POINTS,
+    F44_POINTS,
+    TemporalWinogradConv,
+    temporal_winograd_applies,
+    transform_matrices,
+)
 
 needs_onednn = pytest.mark.skipif(
     not model_module.ONEDNN_INFERENCE, reason="this PyTorch build has no oneDNN fused convolution"
 )
 
 
-LAVIN_GRAY_F43 = {  # their published G and A^T for F(4, 3)
+LAVIN_GRAY_F43 = {  # their published B^T, G and A^T for F(4, 3)
+    "input": [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+              [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
     "kernel": [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
                [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
     "output": [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
@@ -28,19 +37,21 @@ LAVIN_GRAY_F43 = {  # their published G and A^T for F(4, 3)
 
 
 def test_toom_cook_construction_gives_lavin_and_grays_f43_matrices():
-    _, kernel_transform, output_transform = transform_matrices(3)
+    input_transform, kernel_transform, output_transform = transform_matrices(3, F43_POINTS)
+    torch.testing.assert_close(input_transform, torch.tensor(LAVIN_GRAY_F43["input"], dtype=torch.float64))
     torch.testing.assert_close(kernel_transform, torch.tensor(LAVIN_GRAY_F43["kernel"], dtype=torch.float64))
     torch.testing.assert_close(output_transform, torch.tensor(LAVIN_GRAY_F43["output"], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("taps", [3, 4])
-def test_matrices_compute_the_outputs_of_a_correlation_over_six_frames(taps):
-    input_transform, kernel_transform, output_transform = transform_matrices(taps)
-    outputs = 7 - taps
+@pytest.mark.parametrize("taps,points", [(3, F43_POINTS), (4, F43_POINTS), (4, F44_POINTS), (2, F44_POINTS)])
+def test_matrices_compute_the_outputs_of_a_correlation_over_a_tile(taps, points):
+    input_transform, kernel_transform, output_transform = transform_matrices(taps, points)
+    components = len(points) + 1
+    outputs = components + 1 - taps
     generator = torch.Generator().manual_seed(taps)
     for _ in range(20):
         kernel = torch.randn(taps, dtype=torch.float64, generator=generator)
-        frames = torch.randn(6, dtype=torch.float64, generator=generator)
+        frames = torch.randn(components, dtype=torch.float64, generator=generator)
         winograd = output_transform @ ((kernel_transform @ kernel) * (input_transform @ frames))
         direct = torch.stack([(kernel * frames[i : i + taps]).sum() for i in range(outputs)])
         torch.testing.assert_close(winograd, direct, rtol=0, atol=1e-12)
@@ -51,11 +62,11 @@ def test_winograd_is_used_only_where_it_saves_a_third_of_the_multiplications():
     assert [t for t in range(1, 14) if temporal_winograd_applies((3, 3, 3), (1, 1, 1), same, t)] == [
         3, 4, 6, 7, 8, 9, 10, 11, 12, 13
     ]
-    # The stem, on its explicitly padded input: 6 products per tile of 3 output frames over paired frames cost
-    # 12 of the original 3-channel products, against 7 per output frame direct; it needs a saving of 40 %.
+    # The stem, on its explicitly padded input: 7 products per tile of 4 output frames over paired frames cost
+    # 14 of the original 3-channel products, against 7 per output frame direct; it needs a saving of 40 %.
     stem = ((7, 7, 7), (2, 2, 2), [0, 0, 0])
     stem_outputs = {(t - 7) // 2 + 1 for t in range(7, 80) if temporal_winograd_applies(*stem, t)}
-    assert sorted(stem_outputs)[:8] == [3, 6, 9, 12, 15, 18, 20, 21] and 32 in stem_outputs
+    assert sorted(stem_outputs)[:8] == [4, 7, 8, 10, 11, 12, 14, 15] and {8, 32} <= stem_outputs
     assert not temporal_winograd_applies((7, 7, 7), (2, 2, 2), [3, 3, 3], 64)  # implicit time padding: no
     assert not temporal_winograd_applies((1, 1, 1), (1, 1, 1), [0, 0, 0], 64)
 
@@ -82,7 +93,7 @@ def test_temporal_winograd_equals_a_same_padded_conv_plus_relu(batch, frames, he
 
 
 @needs_onednn
-@pytest.mark.parametrize("batch,frames,size", [(1, 23, 37), (2, 17, 21), (1, 69, 23), (1, 24, 15)])
+@pytest.mark.parametrize("batch,frames,size", [(1, 21, 37), (2, 19, 21), (1, 69, 23), (1, 26, 15)])
 def test_stem_winograd_equals_a_stride_two_conv_plus_relu(batch, frames, size):
     # The stem's input arrives zero-padded (TF SAME at stride 2 is asymmetric), so the convolution is VALID.
     generator = torch.Generator().manual_seed(frames)
@@ -99,6 +110,21 @@ def test_stem_winograd_equals_a_stride_two_conv_plus_relu(batch, frames, size):
 
 
 @needs_onednn
+@pytest.mark.parametrize("frames", [64, 63, 16])  # TF pads 2 frames before at even lengths, 3 at odd ones
+def test_stem_winograd_pads_the_unpadded_clip_in_the_copy_that_pairs_its_frames(frames):
+    generator = torch.Generator().manual_seed(frames)
+    weight = torch.randn(64, 3, 7, 7, 7, generator=generator) * (2 / (343 * 3)) ** 0.5
+    x = torch.randn(1, 3, frames, 20, 17, generator=generator)  # the caller's layout: contiguous NCDHW
+    pads = [same_padding(n, 7, 2) for n in x.shape[2:]]
+    padded = _zero_pad_channels_last(x, pads)
+    plan = TemporalWinogradConv(weight, None, tuple(padded.shape), (2, 2, 2), (0, 0, 0))
+    with torch.inference_mode():
+        torch.testing.assert_close(plan(x, explicit_padding=pads), plan(padded), rtol=0, atol=0)
+        with pytest.raises(ValueError, match="built for input"):
+            plan(x, explicit_padding=[(0, 0)] + pads[1:])
+
+
+@needs_onednn
 def test_temporal_winograd_refuses_another_input_shape():
     plan = TemporalWinogradConv(torch.randn(4, 3, 3, 3, 3), None, (1, 3, 8, 5, 5))
     with pytest.raises(ValueError, match="built for input"):
@@ -111,21 +137,21 @@ def test_model_inference_takes_winograd_and_stays_within_the_endpoint_bound():
     model = InceptionI3d(final_endpoint="Mixed_4c").eval()
     model.check_values = False
     x = (torch.rand(1, 3, 16, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1).double()
-    names = ["Conv3d_2c_3x3", "Mixed_3c", "Mixed_4c"]
+    names = ["Conv3d_1a_7x7", "Conv3d_2c_3x3", "Mixed_3c", "Mixed_4c"]
     with torch.inference_mode():
         expected = model.double().extract_endpoints(x, names)  # float64: the plain modules
         got = model.float().extract_endpoints(x.float(), names)
     plans = model_module._ONEDNN_WEIGHTS
+    assert isinstance(plans[model.Conv3d_1a_7x7][1], TemporalWinogradConv)  # stem: 8 output frames, 0.5
     assert isinstance(plans[model.Conv3d_2c_3x3][1], TemporalWinogradConv)  # T = 8 there
     assert isinstance(plans[model.Mixed_4c.Branch_1.Conv3d_0b_3x3][1], TemporalWinogradConv)  # T = 4
-    assert not isinstance(plans[model.Conv3d_1a_7x7][1], TemporalWinogradConv)  # stem: 8 output frames, 0.64
     for name in names:
         error = (got[name].double() - expected[name]).abs().max() / expected[name].abs().max()
         assert error < 2e-5, f"{name}: {error:.2e} of its peak"
 
 
 @needs_onednn
-def test_model_inference_takes_the_stem_winograd_on_long_clips_within_the_endpoint_bound():
+def test_model_inference_keeps_the_direct_stem_where_winograd_would_not_pay():
     torch.manual_seed(0)
     model = InceptionI3d(final_endpoint="Conv3d_2c_3x3").eval()
     model.check_values = False
@@ -134,7 +160,8 @@ def test_model_inference_takes_the_stem_winograd_on_long_clips_within_the_endpoi
     with torch.inference_mode():
         expected = model.double().extract_endpoints(x, names)
         got = model.float().extract_endpoints(x.float(), names)
-    assert isinstance(model_module._ONEDNN_WEIGHTS[model.Conv3d_1a_7x7][1], TemporalWinogradConv)
+    # 3 tiles of 4 frames for 9 outputs: 42 products of 3 channels against 63 direct (0.67 > 0.6).
+    assert not isinstance(model_module._ONEDNN_WEIGHTS[model.Conv3d_1a_7x7][1], TemporalWinogradConv)
     for name in names:
         error = (got[name].double() - expected[name]).abs().max() / expected[name].abs().max()
         assert error < 2e-5, f"{name}: {error:.2e} of its peak"
