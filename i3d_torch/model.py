@@ -274,9 +274,9 @@ class Unit3D(nn.Module):
             x, weight, bias, padding, list(conv.stride), [1, 1, 1], 1, "relu", [], ""
         )
 
-    def _uses_temporal_winograd(self, frames: int, padding: List[int]) -> bool:
+    def _uses_temporal_winograd(self, size: Sequence[int], padding: List[int]) -> bool:
         conv = self.conv_3d
-        return TEMPORAL_WINOGRAD and temporal_winograd_applies(conv.kernel_size, conv.stride, padding, frames)
+        return TEMPORAL_WINOGRAD and temporal_winograd_applies(conv.kernel_size, conv.stride, padding, size)
 
     def _inference_plan(self, input_shape: Tuple[int, ...], padding: List[int]):
         """The folded weights prepared for one input shape: ``(packed weight, bias)`` for the direct oneDNN
@@ -286,7 +286,7 @@ class Unit3D(nn.Module):
         sources = [t for t in (self.conv_3d.weight, self.conv_3d.bias) if t is not None]
         if isinstance(self.batch_norm, BatchNorm3dNoScale):
             sources += [self.batch_norm.bias, self.batch_norm.running_mean, self.batch_norm.running_var]
-        winograd = self._uses_temporal_winograd(input_shape[2], padding)
+        winograd = self._uses_temporal_winograd(input_shape[2:], padding)
         if any(t.is_inference() for t in sources):
             # Parameters made under torch.inference_mode() have no version counter, so an in-place change
             # could not be seen: fold and pack on every call instead of caching (correct, a bit slower).

@@ -38,6 +38,7 @@ that pairs its frames.
 from __future__ import annotations
 
 from fractions import Fraction
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -49,6 +50,7 @@ __all__ = ["transform_matrices", "temporal_winograd_applies", "TemporalWinogradC
 #: point 1 second: see ``_FIRST_FRAME_COMPONENT`` and ``_BIAS_COMPONENT``.
 F43_POINTS = (0, 1, -1, 2, -2)
 F44_POINTS = (0, 1, -1, 2, -2, Fraction(1, 2))
+F63_POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2))
 
 # The component of point 0, whose output-transform column is (1, 0, ..., 0), feeds only a tile's first output
 # frame; the last (infinity) only its last. The component of point 1 has an all-ones column: adding the bias to
@@ -112,49 +114,94 @@ def transform_matrices(
     return tensor(input_transform), tensor(kernel), tensor(output)
 
 
-#: (temporal kernel, temporal stride) -> the interpolation points of its Winograd algorithm and the largest
-#: fraction of the direct multiplications at which it is used. The stem's transforms move more memory per
-#: multiplication saved (its products have 6 input channels), so it needs a larger saving.
-_ALGORITHMS: Dict[Tuple[int, int], Tuple[Sequence, float]] = {
-    (3, 1): (F43_POINTS, 2 / 3),
-    (7, 2): (F44_POINTS, 0.6),
+@dataclass(frozen=True)
+class _Choice:
+    """The Winograd algorithms a filter's tiles may use and where Winograd is used at all."""
+
+    #: finite points of each tile algorithm, largest tile first
+    tile_points: Tuple[Sequence, ...]
+    #: the largest fraction of the direct multiplications at which Winograd is used
+    max_work: float
+    #: output image size (pixels) from which the largest tile is used
+    large_tile_min_pixels: int = 0
+
+
+#: (temporal kernel, temporal stride) -> its choice. The 3x3x3 convolutions mix F(6, 3) and F(4, 3) tiles
+#: where the output images are large: 4 + 2 of them cover 32 frames with 44 products against 48 for 8 of
+#: F(4, 3) (F(6, 3) alone needs 6 tiles, 48 products, for 36 frames). Measured in the 64-frame model on the
+#: Intel machine, that took Conv3d_2c (56x56) from 104 to 96 ms but gained nothing on Mixed_3 (28x28) and lost
+#: 1-2 ms per block on Mixed_4 (14x14, 2 tiles of F(6, 3) and 1 of F(4, 3)), where more and smaller oneDNN
+#: calls cost more than the saved products. The stem's transforms move more memory per multiplication saved
+#: (its products have 6 input channels), so it needs a larger saving.
+_CHOICES: Dict[Tuple[int, int], _Choice] = {
+    (3, 1): _Choice((F63_POINTS, F43_POINTS), 2 / 3, large_tile_min_pixels=56 * 56),
+    (7, 2): _Choice((F44_POINTS,), 0.6),
 }
 
 
-def _temporal_tiling(
-    kernel_frames: int, stride: int, padding: int, frames: int, components: int
-) -> Tuple[int, int, int, int]:
-    """``(taps, pairing, out_frames, tiles)``: the taps of the stride-1 temporal filter that Winograd computes
-    once ``pairing`` (= the time stride) frames are put side by side in the channels, the conv's output
-    frames, and the tiles of ``components + 1 - taps`` output frames that cover them."""
-    taps = -(-kernel_frames // stride)
-    out_frames = (frames + 2 * padding - kernel_frames) // stride + 1
-    return taps, stride, out_frames, -(-out_frames // (components + 1 - taps))
+def _tile_plan(
+    kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], size: Sequence[int]
+) -> Tuple[int, List[Tuple[Sequence, int]]]:
+    """``(out_frames, [(points, tiles), ...])`` for a conv over an input of ``size`` (T, H, W): its output
+    frames and, in frame order, the tiles of each algorithm that cover them with the fewest spatial products
+    (ties: the fewest segments). A tile of an algorithm over n points computes n + 2 - taps output frames with
+    n + 1 products, taps = ceil(kT / time stride)."""
+    out_size = [(n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, kernel, stride, padding)]
+    taps = -(-kernel[0] // stride[0])
+    choice = _CHOICES[(kernel[0], stride[0])]
+    algorithms = list(choice.tile_points)
+    if len(algorithms) > 1 and out_size[1] * out_size[2] < choice.large_tile_min_pixels:
+        algorithms = algorithms[1:]
+    large, small = algorithms[0], algorithms[-1]
+    large_frames, small_frames = len(large) + 2 - taps, len(small) + 2 - taps
+    out_frames = out_size[0]
+    best = None
+    for large_tiles in range(-(-max(out_frames, 0) // large_frames) + 1):
+        small_tiles = -(-max(out_frames - large_tiles * large_frames, 0) // small_frames)
+        segments = [(points, tiles) for points, tiles in ((large, large_tiles), (small, small_tiles)) if tiles]
+        products = sum((len(points) + 1) * tiles for points, tiles in segments)
+        if best is None or (products, len(segments)) < best[0]:
+            best = ((products, len(segments)), segments)
+    return out_frames, best[1]
 
 
 def temporal_winograd_applies(
-    kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], frames: int
+    kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], size: Sequence[int]
 ) -> bool:
-    """Whether a conv of this kernel, stride and implicit padding over ``frames`` input frames takes Winograd:
-    3x3x3 at stride 1 (F(4, 3)) or a 7-frame kernel at time stride 2 without implicit time padding (the stem,
-    F(4, 4) on paired frames), where it needs at most the fraction of the direct multiplications that
-    :data:`_ALGORITHMS` gives.
+    """Whether a conv of this kernel, stride and implicit padding over an input of ``size`` (T, H, W) takes
+    Winograd: 3x3x3 at stride 1 (F(6, 3) and F(4, 3) tiles) or a 7-frame kernel at time stride 2 without
+    implicit time padding (the stem, F(4, 4) on paired frames), where it needs at most the fraction of the
+    direct multiplications that :data:`_CHOICES` gives.
 
     Short clips lose: one tile always costs all its spatial products, however few of its output frames exist
     (at T = 2 with 3x3x3, as many as direct, plus the transforms).
     """
-    kernel_frames, time_stride, time_padding = kernel[0], stride[0], padding[0]
-    algorithm = _ALGORITHMS.get((kernel_frames, time_stride))
-    if algorithm is None or (time_stride == 2 and time_padding != 0):
+    choice = _CHOICES.get((kernel[0], stride[0]))
+    if choice is None or (stride[0] == 2 and padding[0] != 0):
         return False
-    points, max_work = algorithm
-    components = len(points) + 1
-    _, pairing, out_frames, tiles = _temporal_tiling(kernel_frames, time_stride, time_padding, frames, components)
+    out_frames, segments = _tile_plan(kernel, stride, padding, size)
     if out_frames < 1:
         return False
-    # Multiplications per input channel and output pixel: one per component and tile over the paired channels,
-    # against one per tap and output frame (a small tolerance so that exactly 2/3 counts as 2/3).
-    return components * tiles * pairing <= max_work * kernel_frames * out_frames + 1e-9
+    # Multiplications per input channel and output pixel: one per product over the paired channels, against
+    # one per tap and output frame (a small tolerance so that exactly 2/3 counts as 2/3).
+    products = sum((len(points) + 1) * tiles for points, tiles in segments)
+    return products * stride[0] <= choice.max_work * kernel[0] * out_frames + 1e-9
+
+
+class _Segment:
+    """Consecutive tiles of one algorithm: their transformed kernels, their rows of the input transform and
+    their part of the output."""
+
+    def __init__(self, points: Sequence, taps: int, tiles: int, first_frame: int):
+        self.components = len(points) + 1
+        self.tile_frames = self.components + 1 - taps
+        self.tiles = tiles
+        self.first_frame = first_frame  # output frame of its first tile
+        self.transforms = transform_matrices(taps, points)
+        # Every component but the first and the last feeds every output frame of its tile.
+        self.shared_components = list(range(1, self.components - 1))
+        self.shared_output_matrix = self.transforms[2][:, self.shared_components].float()  # m frames x shared
+        self.packed: List[torch.Tensor] = []
 
 
 class TemporalWinogradConv:
@@ -177,26 +224,25 @@ class TemporalWinogradConv:
         padding: Sequence[int] = (1, 1, 1),
     ):
         batch, channels, frames, height, width = input_shape
-        if not temporal_winograd_applies(weight.shape[2:], stride, padding, frames):
+        if not temporal_winograd_applies(weight.shape[2:], stride, padding, input_shape[2:]):
             raise ValueError(
                 f"temporal Winograd does not take kernel {tuple(weight.shape[2:])}, stride {tuple(stride)}, "
                 f"padding {tuple(padding)} over {frames} frames"
             )
         out_channels, _, kernel_frames, kernel_height, kernel_width = weight.shape
-        points, _ = _ALGORITHMS[(kernel_frames, stride[0])]
-        self.components = components = len(points) + 1
         self.input_shape = tuple(input_shape)
         self.out_channels = out_channels
-        self.frame_padding = padding[0]
         self.spatial_stride, self.spatial_padding = list(stride[1:]), list(padding[1:])
-        taps, self.pairing, self.out_frames, self.tiles = _temporal_tiling(
-            kernel_frames, stride[0], padding[0], frames, components
-        )
-        self.tile_frames = components + 1 - taps
+        self.pairing = stride[0]
+        taps = -(-kernel_frames // self.pairing)
+        self.out_frames, plan = _tile_plan(weight.shape[2:], stride, padding, input_shape[2:])
+        self.segments: List[_Segment] = []
+        for points, tiles in plan:
+            first = sum(segment.tiles * segment.tile_frames for segment in self.segments)
+            self.segments.append(_Segment(points, taps, tiles, first))
         self.filter_frames = -(-frames // self.pairing)  # frames of the (paired) input the filter runs over
         self.out_height = (height + 2 * padding[1] - kernel_height) // stride[1] + 1
         self.out_width = (width + 2 * padding[2] - kernel_width) // stride[2] + 1
-        input_transform, kernel_transform, output_transform = transform_matrices(taps, points)
 
         # Paired frames: tap j of the filter over frame pairs is original taps 2j (first C channels) and
         # 2j + 1 (next C channels) of the kernel; taps past the kernel's end are zero.
@@ -209,31 +255,31 @@ class TemporalWinogradConv:
                 if tap * self.pairing + half < kernel_frames:
                     paired[:, half, :, tap] = kernel[:, :, tap * self.pairing + half]
         paired = paired.reshape(out_channels, self.pairing * channels, taps, kernel_height, kernel_width)
-        # Transformed kernels, one spatial kernel bank per component; float64 so the factors are rounded once.
-        banks = torch.einsum("kj,oijhw->koihw", kernel_transform, paired).float()
-        image_shape = [batch * self.tiles, self.pairing * channels, height, width]
-        self.packed = [
-            torch.ops.mkldnn._reorder_convolution_weight(
-                bank.contiguous(memory_format=torch.channels_last), self.spatial_padding, self.spatial_stride,
-                [1, 1], 1, image_shape,
-            )
-            for bank in banks
-        ]
+        rows = []
+        for segment in self.segments:
+            input_transform, kernel_transform, _ = segment.transforms
+            # Transformed kernels, one spatial bank per component; float64 so the factors are rounded once.
+            banks = torch.einsum("kj,oijhw->koihw", kernel_transform, paired).float()
+            image_shape = [batch * segment.tiles, self.pairing * channels, height, width]
+            segment.packed = [
+                torch.ops.mkldnn._reorder_convolution_weight(
+                    bank.contiguous(memory_format=torch.channels_last), self.spatial_padding, self.spatial_stride,
+                    [1, 1], 1, image_shape,
+                )
+                for bank in banks
+            ]
+            # Banded input transform over the (paired) frame axis: row (component, tile) reads the frames from
+            # the tile's first output frame - padding on. Frames outside the clip are the zero padding: their
+            # columns are simply left out, so no padded copy is made.
+            banded = torch.zeros(segment.components, segment.tiles, self.filter_frames, dtype=torch.float64)
+            for tile in range(segment.tiles):
+                for position in range(segment.components):
+                    frame = segment.first_frame + tile * segment.tile_frames + position - padding[0]
+                    if 0 <= frame < self.filter_frames:
+                        banded[:, tile, frame] = input_transform[:, position]
+            rows.append(banded.reshape(segment.components * segment.tiles, self.filter_frames))
+        self.input_matrix = torch.cat(rows).float()  # one matmul transforms the frames of every segment
         self.bias = None if bias is None else bias.detach().float().contiguous()
-
-        # Banded input transform over the (paired) frame axis: row (k, tile) reads frames from
-        # tile * m - padding on. Frames outside the clip are the zero padding: their columns are simply left
-        # out, so no padded copy is made.
-        banded = torch.zeros(components, self.tiles, self.filter_frames, dtype=torch.float64)
-        for tile in range(self.tiles):
-            for position in range(components):
-                frame = tile * self.tile_frames + position - self.frame_padding
-                if 0 <= frame < self.filter_frames:
-                    banded[:, tile, frame] = input_transform[:, position]
-        self.input_matrix = banded.reshape(components * self.tiles, self.filter_frames).float()
-        # Every component but the first and the last feeds every output frame of its tile.
-        self.shared_components = list(range(1, components - 1))
-        self.shared_output_matrix = output_transform[:, self.shared_components].float()  # m frames x shared
 
     def __call__(
         self, x: torch.Tensor, explicit_padding: Optional[Sequence[Tuple[int, int]]] = None
@@ -247,35 +293,54 @@ class TemporalWinogradConv:
         )
         if padded_shape != self.input_shape:
             raise ValueError(f"built for input {self.input_shape}, got {padded_shape}")
-        tiles, out_channels, tile_frames, components = self.tiles, self.out_channels, self.tile_frames, self.components
-        out_height, out_width = self.out_height, self.out_width
+        out_channels, out_height, out_width = self.out_channels, self.out_height, self.out_width
         if self.pairing > 1 or explicit_padding is not None:
             clip = self._paired_frames(x, explicit_padding or [(0, 0)] * 3)
         else:
             clip = x.permute(0, 2, 3, 4, 1)  # N, T, H, W, C: a view of the channels-last memory
         clip_rows = clip.reshape(batch, self.filter_frames, -1)
-        transformed = torch.matmul(self.input_matrix, clip_rows)  # [N, components * tiles, H*W*C']
-        if batch > 1:  # component-major, so each component's N * tiles images are one contiguous batch
-            transformed = transformed.view(batch, components, tiles, -1).transpose(0, 1).contiguous()
-        transformed = transformed.view(components, batch * tiles, height, width, -1)
+        transformed_rows = torch.matmul(self.input_matrix, clip_rows)  # [N, sum of components * tiles, H*W*C']
         del clip, clip_rows  # the stem's paired frames (44 MB at 64 frames) are not needed past this point
 
-        # The shared components' products go through the output transform.
-        shared = len(self.shared_components)
-        products = x.new_zeros(shared, batch * tiles, out_height, out_width, out_channels)
-        for slot, component in enumerate(self.shared_components):
-            self._accumulate(component, transformed[component], products[slot], relu=False)
-        per_tile = products.view(shared, batch, tiles, -1).permute(1, 2, 0, 3)  # [N, tiles, shared, ...]
-        out = torch.matmul(self.shared_output_matrix, per_tile)  # [N, tiles, m frames, H*W*C_out]
-        # The first and last components feed only a tile's first and last frame (their output-transform
-        # columns are (1, 0, ..., 0) and (0, ..., 0, 1)): they accumulate straight into it, with the ReLU fused.
-        frames_of_tiles = out.view(batch * tiles, tile_frames, out_height, out_width, out_channels)
-        self._accumulate(_FIRST_FRAME_COMPONENT, transformed[_FIRST_FRAME_COMPONENT], frames_of_tiles[:, 0], True)
-        self._accumulate(
-            components - 1, transformed[components - 1], frames_of_tiles[:, tile_frames - 1], True
-        )
-        frames_of_tiles[:, 1 : tile_frames - 1].relu_()
-        out = out.view(batch, tiles * tile_frames, out_height, out_width, out_channels)[:, : self.out_frames]
+        covered = sum(segment.tiles * segment.tile_frames for segment in self.segments)
+        # One segment's output is the whole output; with several, each writes its frames of a shared buffer (in
+        # place where that slice is contiguous, i.e. for a single clip).
+        single = len(self.segments) == 1
+        out = None if single else x.new_empty(batch, covered, out_height * out_width * out_channels)
+        row = 0
+        for segment in self.segments:
+            tiles, components, tile_frames = segment.tiles, segment.components, segment.tile_frames
+            transformed = transformed_rows[:, row : row + components * tiles]
+            row += components * tiles
+            # Component-major, so each component's N * tiles images are one contiguous batch.
+            if batch > 1:
+                transformed = transformed.reshape(batch, components, tiles, -1).transpose(0, 1).contiguous()
+            transformed = transformed.reshape(components, batch * tiles, height, width, -1)
+            # The shared components' products go through the output transform.
+            shared = len(segment.shared_components)
+            products = x.new_zeros(shared, batch * tiles, out_height, out_width, out_channels)
+            for slot, component in enumerate(segment.shared_components):
+                self._accumulate(segment, component, transformed[component], products[slot], relu=False)
+            per_tile = products.view(shared, batch, tiles, -1).permute(1, 2, 0, 3)  # [N, tiles, shared, ...]
+            frames = slice(segment.first_frame, segment.first_frame + tiles * tile_frames)
+            if out is not None and batch == 1:
+                segment_out = out[:, frames].view(batch, tiles, tile_frames, -1)
+                torch.matmul(segment.shared_output_matrix, per_tile, out=segment_out)
+            else:
+                segment_out = torch.matmul(segment.shared_output_matrix, per_tile)  # [N, tiles, m frames, H*W*C]
+            # The first and last components feed only a tile's first and last frame (their output-transform
+            # columns are (1, 0, ..., 0) and (0, ..., 0, 1)): they accumulate straight into it, with the ReLU
+            # fused.
+            frames_of_tiles = segment_out.view(batch * tiles, tile_frames, out_height, out_width, out_channels)
+            first, last = _FIRST_FRAME_COMPONENT, components - 1
+            self._accumulate(segment, first, transformed[first], frames_of_tiles[:, 0], True)
+            self._accumulate(segment, last, transformed[last], frames_of_tiles[:, -1], True)
+            frames_of_tiles[:, 1 : tile_frames - 1].relu_()
+            if single:
+                out = segment_out.view(batch, covered, -1)
+            elif batch > 1:
+                out[:, frames].copy_(segment_out.view(batch, tiles * tile_frames, -1))
+        out = out.view(batch, covered, out_height, out_width, out_channels)[:, : self.out_frames]
         return out.permute(0, 4, 1, 2, 3)
 
     def _paired_frames(self, x: torch.Tensor, explicit_padding: Sequence[Tuple[int, int]]) -> torch.Tensor:
@@ -304,13 +369,15 @@ class TemporalWinogradConv:
             inner[:, :, rows_before : rows_before + rows, cols_before : cols_before + cols].copy_(clip[:, first :: self.pairing])
         return paired.view(batch, self.filter_frames, height, width, self.pairing * channels)
 
-    def _accumulate(self, component: int, images: torch.Tensor, into: torch.Tensor, relu: bool) -> None:
-        """``into += conv(images, kernel bank of component)`` (+ bias for the bias component), in place;
-        both channels-last ``[images, H, W, C]`` views."""
+    def _accumulate(
+        self, segment: _Segment, component: int, images: torch.Tensor, into: torch.Tensor, relu: bool
+    ) -> None:
+        """``into += conv(images, the segment's kernel bank of component)`` (+ bias for the bias component), in
+        place; both channels-last ``[images, H, W, C]`` views."""
         torch.ops.mkldnn._convolution_pointwise_(
             into.permute(0, 3, 1, 2),
             images.permute(0, 3, 1, 2),
-            self.packed[component],
+            segment.packed[component],
             self.bias if component == _BIAS_COMPONENT else None,
             self.spatial_padding,
             self.spatial_stride,

@@ -17,6 +17,8 @@ from i3d_torch.model import _zero_pad_channels_last, same_padding
 from i3d_torch.winograd import (
     F43_POINTS,
     F44_POINTS,
+    F63_POINTS,
+    _tile_plan,
     TemporalWinogradConv,
     temporal_winograd_applies,
     transform_matrices,
@@ -43,7 +45,9 @@ def test_toom_cook_construction_gives_lavin_and_grays_f43_matrices():
     torch.testing.assert_close(output_transform, torch.tensor(LAVIN_GRAY_F43["output"], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("taps,points", [(3, F43_POINTS), (4, F43_POINTS), (4, F44_POINTS), (2, F44_POINTS)])
+@pytest.mark.parametrize(
+    "taps,points", [(3, F43_POINTS), (4, F43_POINTS), (3, F63_POINTS), (4, F44_POINTS), (2, F44_POINTS)]
+)
 def test_matrices_compute_the_outputs_of_a_correlation_over_a_tile(taps, points):
     input_transform, kernel_transform, output_transform = transform_matrices(taps, points)
     components = len(points) + 1
@@ -59,22 +63,41 @@ def test_matrices_compute_the_outputs_of_a_correlation_over_a_tile(taps, points)
 
 def test_winograd_is_used_only_where_it_saves_a_third_of_the_multiplications():
     same = [1, 1, 1]
-    assert [t for t in range(1, 14) if temporal_winograd_applies((3, 3, 3), (1, 1, 1), same, t)] == [
-        3, 4, 6, 7, 8, 9, 10, 11, 12, 13
-    ]
+    def frames_taking_winograd(image):
+        return [t for t in range(1, 14) if temporal_winograd_applies((3, 3, 3), (1, 1, 1), same, (t, image, image))]
+
+    # F(6, 3) tiles where the images are large: one of them does 5 frames with 8 products against 15.
+    assert frames_taking_winograd(56) == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+    assert frames_taking_winograd(28) == [3, 4, 6, 7, 8, 9, 10, 11, 12, 13]  # F(4, 3) alone: 12 against 15
     # The stem, on its explicitly padded input: 7 products per tile of 4 output frames over paired frames cost
     # 14 of the original 3-channel products, against 7 per output frame direct; it needs a saving of 40 %.
     stem = ((7, 7, 7), (2, 2, 2), [0, 0, 0])
-    stem_outputs = {(t - 7) // 2 + 1 for t in range(7, 80) if temporal_winograd_applies(*stem, t)}
+    stem_outputs = {(t - 7) // 2 + 1 for t in range(7, 80) if temporal_winograd_applies(*stem, (t, 229, 229))}
     assert sorted(stem_outputs)[:8] == [4, 7, 8, 10, 11, 12, 14, 15] and {8, 32} <= stem_outputs
-    assert not temporal_winograd_applies((7, 7, 7), (2, 2, 2), [3, 3, 3], 64)  # implicit time padding: no
-    assert not temporal_winograd_applies((1, 1, 1), (1, 1, 1), [0, 0, 0], 64)
+    assert not temporal_winograd_applies((7, 7, 7), (2, 2, 2), [3, 3, 3], (64, 224, 224))  # implicit time padding
+    assert not temporal_winograd_applies((1, 1, 1), (1, 1, 1), [0, 0, 0], (64, 56, 56))
+
+
+def test_tiles_mix_f63_and_f43_for_the_fewest_products():
+    f63, f43, f44 = F63_POINTS, F43_POINTS, F44_POINTS
+    def plan(frames, image):
+        return _tile_plan((3, 3, 3), (1, 1, 1), (1, 1, 1), (frames, image, image))
+
+    assert plan(32, 56) == (32, [(f63, 4), (f43, 2)])  # 44 products; 48 with either alone
+    assert plan(16, 56) == (16, [(f63, 2), (f43, 1)])  # 22 against 24
+    assert plan(12, 56) == (12, [(f63, 2)])
+    assert plan(8, 56) == (8, [(f43, 2)])  # 12 against 14 (F(6, 3) + F(4, 3)) or 16
+    assert plan(32, 28) == (32, [(f43, 8)])  # smaller images: F(4, 3) alone
+    stem = _tile_plan((7, 7, 7), (2, 2, 2), (0, 0, 0), (69, 229, 229))  # a 64-frame clip's padded input
+    assert stem == (32, [(f44, 8)])
 
 
 @needs_onednn
 @pytest.mark.parametrize(
     "batch,frames,height,width,bias",
-    [(1, 3, 5, 7, True), (1, 4, 8, 8, True), (2, 6, 9, 5, False), (1, 13, 6, 11, True), (2, 32, 7, 7, True)],
+    [(1, 3, 5, 7, True), (1, 4, 8, 8, True), (2, 6, 9, 5, False), (1, 13, 6, 11, True), (2, 32, 7, 7, True),
+     # F(6, 3) tiles (images of 56x56 and more): alone, mixed with F(4, 3), for one clip and for two
+     (1, 5, 56, 56, True), (1, 16, 56, 56, True), (2, 13, 57, 56, False)],
 )
 def test_temporal_winograd_equals_a_same_padded_conv_plus_relu(batch, frames, height, width, bias):
     generator = torch.Generator().manual_seed(frames)
