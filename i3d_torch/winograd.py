@@ -27,14 +27,16 @@ are built from the points by the Toom-Cook construction (:func:`transform_matric
 exactly Lavin and Gray's.
 
 Layout: the input is channels-last ``[N, C, T, H, W]`` (memory ``N, T, H, W, C``), read as a ``T x (H*W*C)``
-matrix per clip. One matmul with a banded ``(components * tiles) x T`` matrix gives all transformed frames,
-grouped by component so that each component is a contiguous channels-last batch of 2-D images. The
-components that feed every output frame accumulate into one zeroed buffer (oneDNN's in-place sum; it has no
-overwriting form) and one batched matmul with their part of the output transform gives the output frames in
-order; the two components that feed only a tile's first or last frame (points 0 and infinity) accumulate
-straight into that frame, with the ReLU fused. The stem's input is zero-padded (TF SAME) in the same copy
-that pairs its frames.
+matrix per clip. The input transform of every tile is a small matmul of B^T with the tile's own frames
+(the tiles inside the clip in one matmul over an overlapping strided view), written component-major so that
+each component is a contiguous channels-last batch of 2-D images. The components that feed every output
+frame accumulate into one zeroed buffer (oneDNN's in-place sum; it has no overwriting form) and one batched
+matmul with their part of the output transform gives the output frames in order; the two components that
+feed only a tile's first or last frame (points 0 and infinity) accumulate straight into that frame, with the
+ReLU fused. The stem's input is zero-padded (TF SAME) in the same copy that pairs its frames. A clip's tiles
+may mix two algorithms (F(6, 3) and F(4, 3)), each a segment of consecutive tiles.
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
