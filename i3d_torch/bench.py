@@ -736,7 +736,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch sizes of the GPU section (CUDA only; default 1 16)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for every engine (torch, TF intra-op, onnxruntime); default: one per core")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per engine before timing")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed calls per engine before timing (default 2: the first builds, compiles or "
+                             "packs; the second still page-faults part of a forward's buffers into the process)")
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds of timed calls after which an engine stops at two samples")
     parser.add_argument("--weights", default="auto",
@@ -758,6 +760,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise InputError(f"--frames must be at least 9 (the Logits head's 2x7x7 pool), got {args.frames}")
     if args.repeats is not None and args.repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.warmup < 1:
+        raise InputError(f"--warmup must be at least 1 (the first call builds each engine), got {args.warmup}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -99,12 +99,13 @@ def test_short_run_writes_the_report_it_prints(short_run):
     assert "Command: `i3d-torch bench --short" in out.read_text()
 
 
-def test_bad_arguments_give_one_line_and_exit_1():
-    done = run_bench("--frames", "4", timeout=120)
+@pytest.mark.parametrize("arguments,message", [(("--frames", "4"), "at least 9"), (("--warmup", "0"), "--warmup")])
+def test_bad_arguments_give_one_line_and_exit_1(arguments, message):
+    done = run_bench(*arguments, timeout=120)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "at least 9" in lines[0], done.stderr
+    assert len(lines) == 1 and message in lines[0], done.stderr
 
 
 @pytest.mark.skipif(
