@@ -386,9 +386,17 @@ class Row:
 
 
 def time_round_robin(forwards: Dict[str, Forward], repeats: int, budget_s: float) -> Dict[str, List[float]]:
-    """Time each forward ``repeats`` times, one of each per round. An engine whose calls have used up
-    ``budget_s`` stops after two samples, so one very slow engine cannot stall the run."""
+    """Time each forward ``repeats`` times, one of each per round, after one untimed round. An engine whose
+    calls have used up ``budget_s`` stops after two samples, so one very slow engine cannot stall the run.
+
+    Why the untimed round: the engines were warmed up one after the other, and the others' set-up (compiling,
+    exporting, their own forwards) reshuffles the process's heap, so an engine's first call in the rotation
+    page-faults its buffers in again (64x1 default path: 703 ms against 454-491 for the next four calls).
+    """
     times: Dict[str, List[float]] = {name: [] for name in forwards}
+    for forward in forwards.values():
+        time.sleep(SETTLE_S)
+        forward()
     for _ in range(repeats):
         for name, forward in forwards.items():
             if len(times[name]) >= 2 and sum(times[name]) > budget_s:
