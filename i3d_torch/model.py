@@ -322,9 +322,9 @@ def _onednn_ops_available() -> bool:
 #: and ReLU modules instead (to compare, or to rule the fast path out when debugging).
 ONEDNN_INFERENCE: bool = _onednn_ops_available()
 
-#: Whether that path computes the 3x3x3 stride-1 convolutions and the stem with temporal Winograd (half and
-#: 59 % of the multiplications; see :mod:`i3d_torch.winograd`) where the clip is long enough for it to pay
-#: off. Set it to False for direct oneDNN convolutions everywhere (to compare).
+#: Whether that path computes the 3x3x3 stride-1 convolutions and the stem with temporal Winograd (about half
+#: the multiplications; see :mod:`i3d_torch.winograd`) where the clip is long enough for it to pay off.
+#: Set it to False for direct oneDNN convolutions everywhere (to compare).
 TEMPORAL_WINOGRAD: bool = True
 
 
