@@ -39,8 +39,8 @@ may mix two algorithms (F(6, 3) and F(4, 3)), each a segment of consecutive tile
 
 from __future__ import annotations
 
-from fractions import Fraction
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -283,7 +283,7 @@ class TemporalWinogradConv:
         """The convolution of ``x``: channels-last of the built input shape, or, with ``explicit_padding``
         ((before, after) zeros per axis T, H, W: the stem's asymmetric TF SAME padding), the unpadded clip in
         any layout, padded in the same copy that pairs its frames."""
-        batch, channels, frames, height, width = self.input_shape
+        batch, _, _, height, width = self.input_shape
         padded_shape = tuple(x.shape[:2]) + tuple(
             size + sum(pads) for size, pads in zip(x.shape[2:], explicit_padding or [(0, 0)] * 3)
         )
