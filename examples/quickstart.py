@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 import i3d_torch
-from i3d_torch.video import center_crop, read_video
+from i3d_torch.core.video import center_crop, read_video
 
 # The clip DeepMind used to demonstrate I3D (UCF101 v_CricketShot_g04_c01), bundled with the package.
 CRICKET = Path(i3d_torch.__file__).parent / "assets" / "v_CricketShot_g04_c01_rgb.gif"

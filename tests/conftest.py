@@ -48,3 +48,25 @@ def rgb_model():
 @pytest.fixture(scope="session")
 def kinetics400_labels() -> list:
     return (ASSETS / "kinetics400_labels.txt").read_text().splitlines()
+
+
+def _run_cli(*args, timeout: int = 600, env: dict = None, cwd=REPO, **kwargs):
+    """``python -m i3d_torch ARGS`` in a subprocess, output captured as text (the one CLI runner of the suite)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "i3d_torch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def run_cli():
+    """The command line as a user runs it: ``run_cli("predict", path, "--top", 3)`` -> CompletedProcess."""
+    return _run_cli

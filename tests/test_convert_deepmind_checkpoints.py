@@ -21,8 +21,8 @@ import torch
 
 tf = pytest.importorskip("tensorflow", reason="writing and reading TF checkpoints needs TensorFlow")
 
-from i3d_torch.parity import LOGITS_ATOL, compare_endpoints  # noqa: E402
-from i3d_torch.tf_reference import (  # noqa: E402
+from i3d_torch.verification.parity import LOGITS_ATOL, compare_endpoints  # noqa: E402
+from i3d_torch.verification.tf_reference import (  # noqa: E402
     TFInceptionI3d,
     random_variables,
     scope_prefix,

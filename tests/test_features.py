@@ -20,13 +20,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from i3d_torch.errors import InputError
-from i3d_torch.features import MANIFEST, collect_inputs, extract_features, read_records, resolve_endpoint
-from i3d_torch.inference import cached_model
-from i3d_torch.model import InceptionI3d
-from i3d_torch.transforms import rgb_to_model_input
-from i3d_torch.video import center_crop, read_video
-from i3d_torch.weights import label_list, save_model
+from i3d_torch.core.errors import InputError
+from i3d_torch.apps.features import MANIFEST, collect_inputs, extract_features, read_records, resolve_endpoint
+from i3d_torch.weights.registry import cached_model
+from i3d_torch.core.model import InceptionI3d
+from i3d_torch.core.transforms import rgb_to_model_input
+from i3d_torch.core.video import center_crop, read_video
+from i3d_torch.weights.registry import label_list, save_model
 
 from videogen import moving_shapes, write_frame_folder, write_video
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from i3d_torch import distributed
-from i3d_torch.features import MANIFEST, read_records
-from i3d_torch.model import InceptionI3d
-from i3d_torch.weights import label_list, save_model
+from i3d_torch.pipeline import distributed
+from i3d_torch.apps.features import MANIFEST, read_records
+from i3d_torch.core.model import InceptionI3d
+from i3d_torch.weights.registry import label_list, save_model
 
 from videogen import moving_shapes, write_video
 

@@ -1,4 +1,4 @@
-"""Fine-tuning (i3d_torch.finetune, i3d_torch.data): data sets, clip sampling, schedule, checkpoints and
+"""Fine-tuning (i3d_torch.apps.finetune, i3d_torch.pipeline.data): data sets, clip sampling, schedule, checkpoints and
 exact resume after a real SIGKILL, BatchNorm handling, the CLI's error lines, and a tiny real fine-tune
 whose loss falls and whose accuracy rises.
 
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from i3d_torch.data import VideoClips, discover, read_csv, read_split_files
-from i3d_torch.errors import InputError
-from i3d_torch.finetune import (
+from i3d_torch.pipeline.data import VideoClips, discover, read_csv, read_split_files
+from i3d_torch.core.errors import InputError
+from i3d_torch.apps.finetune import (
     FinetuneConfig,
     SyncBatchNorm3dNoScale,
     convert_sync_batchnorm,
@@ -35,7 +35,7 @@ from i3d_torch.finetune import (
     set_rng_state,
     set_train_mode,
 )
-from i3d_torch.model import BatchNorm3dNoScale, InceptionI3d
+from i3d_torch.core.model import BatchNorm3dNoScale, InceptionI3d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from videogen import write_video  # noqa: E402
@@ -371,7 +371,7 @@ def test_finished_run_refuses_a_second_start_and_a_changed_resume(small_videos, 
 def test_tiny_real_finetune_learns_motion(tmp_path_factory):
     """Kinetics-400 weights, backbone frozen up to Mixed_4f, two classes that differ only in motion."""
     import i3d_torch
-    from i3d_torch.weights import load_model
+    from i3d_torch.weights.registry import load_model
 
     try:
         load_model("rgb_kinetics400", progress=False)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from i3d_torch.finetune import finetune
+from i3d_torch.apps.finetune import finetune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_finetune import make_dataset  # noqa: E402
@@ -50,9 +50,9 @@ WORKER = textwrap.dedent(
     """
     import json, sys, torch
     import torch.nn.functional as F
-    from i3d_torch.fileio import atomic_path
-    from i3d_torch.finetune import convert_sync_batchnorm, finetune
-    import i3d_torch.distributed as dist_env
+    from i3d_torch.core.fileio import atomic_path
+    from i3d_torch.apps.finetune import convert_sync_batchnorm, finetune
+    import i3d_torch.pipeline.distributed as dist_env
     from test_finetune_distributed import sync_bn_problem
 
     torch.set_num_threads(1)
@@ -80,7 +80,7 @@ WORKER = textwrap.dedent(
 
 def sync_bn_problem():
     """A random-init I3D in float64 with random BatchNorm offsets, two clips and their labels."""
-    from i3d_torch.model import InceptionI3d
+    from i3d_torch.core.model import InceptionI3d
 
     torch.manual_seed(0)
     model = InceptionI3d(num_classes=2, strict_tf_pooling=False).double()

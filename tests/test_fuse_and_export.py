@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from i3d_torch import model as model_module
-from i3d_torch.errors import InputError
-from i3d_torch.export import OnnxRunner, export_onnx, save_program
-from i3d_torch.model import MAX_POOLS, BatchNorm3dNoScale, InceptionI3d, MaxPool3dSame, _same_pad_arg
+from i3d_torch.core import model as model_module
+from i3d_torch.core.errors import InputError
+from i3d_torch.apps.export import OnnxRunner, export_onnx, save_program
+from i3d_torch.core.model import MAX_POOLS, BatchNorm3dNoScale, InceptionI3d, MaxPool3dSame, _same_pad_arg
 
 ATOL = 1e-4
 

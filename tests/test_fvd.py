@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i3d_torch.errors import I3DError, InputError
-from i3d_torch.fvd import (
+from i3d_torch.core.errors import I3DError, InputError
+from i3d_torch.apps.fvd import (
     PREPROCESSING,
     SmallSampleWarning,
     VideoSetStats,
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from videogen import moving_shapes, write_frame_folder, write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-fvd_module = importlib.import_module("i3d_torch.fvd")
+fvd_module = importlib.import_module("i3d_torch.apps.fvd")
 
 
 def _tf():
@@ -353,7 +353,7 @@ def test_a_file_that_is_not_a_stats_cache_is_refused(tmp_path):
 
 
 def test_folder_set_equals_the_array_of_its_decoded_frames(tmp_path):
-    from i3d_torch.video import read_video
+    from i3d_torch.core.video import read_video
 
     folder = tmp_path / "videos"
     for seed in range(3):
@@ -406,8 +406,8 @@ def _cli(*args, cwd=None):
 
 @pytest.fixture(scope="module")
 def random_weights(tmp_path_factory) -> Path:
-    from i3d_torch.model import InceptionI3d
-    from i3d_torch.weights import label_list, save_model
+    from i3d_torch.core.model import InceptionI3d
+    from i3d_torch.weights.registry import label_list, save_model
 
     torch.manual_seed(0)
     model = InceptionI3d(num_classes=400).eval()
@@ -517,7 +517,7 @@ def tf_pipeline_fvd(tf_logits, real_folder: Path, fake_folder: Path):
     """The reference pipeline in TensorFlow: TF1 resize_bilinear of every frame to 224x224, 2x/255-1, the
     I3D logits averaged over time (``tf_logits``: [1, T, 224, 224, 3] in [-1, 1] -> [1, 400]),
     tensorflow_gan's float64 Frechet distance (transcribed)."""
-    from i3d_torch.video import read_video
+    from i3d_torch.core.video import read_video
 
     tf = _tf()
 
@@ -559,8 +559,8 @@ def _assert_fvd_agrees(torch_stats, tf_logits, encoded_sets, label):
 def test_fvd_equals_the_tensorflow_reference_pipeline(encoded_sets, torch_stats_of_encoded_sets, rgb_model):
     """TF side: the project's TF rendering of DeepMind's graph, built from the same real weights."""
     _tf()
-    from i3d_torch.parity import source_for_weights
-    from i3d_torch.tf_reference import TFInceptionI3d
+    from i3d_torch.verification.parity import source_for_weights
+    from i3d_torch.verification.tf_reference import TFInceptionI3d
 
     tf_model = TFInceptionI3d(source_for_weights(rgb_model.weights_info).variables)
     _assert_fvd_agrees(torch_stats_of_encoded_sets, lambda clip: tf_model.logits(clip).numpy(), encoded_sets, "TF reference")
@@ -577,7 +577,7 @@ def tfhub_handle() -> str:
 @pytest.mark.slow
 def test_fvd_equals_the_pipeline_on_the_real_tfhub_module(tfhub_handle, encoded_sets, torch_stats_of_encoded_sets):
     """TF side: the TF-Hub module the reference downloads, when available (opt-in: it needs a download)."""
-    from i3d_torch.parity import tfhub_logits_function
+    from i3d_torch.verification.parity import tfhub_logits_function
 
     _assert_fvd_agrees(torch_stats_of_encoded_sets, tfhub_logits_function(tfhub_handle), encoded_sets, "TF-Hub module")
 
@@ -689,9 +689,9 @@ import sys, warnings
 import numpy as np
 sys.path.insert(0, {tests!r})
 from test_fvd import TinyEmbedder
-from i3d_torch import distributed
-from i3d_torch.fvd import compute_stats, SmallSampleWarning
-from i3d_torch.errors import I3DError
+from i3d_torch.pipeline import distributed
+from i3d_torch.apps.fvd import compute_stats, SmallSampleWarning
+from i3d_torch.core.errors import I3DError
 warnings.simplefilter("ignore", SmallSampleWarning)
 with distributed.process_group("cpu"):
     try:

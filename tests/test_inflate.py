@@ -1,4 +1,4 @@
-"""ImageNet inflation (i3d_torch.inflate): the paper's "boring video" property, both namings, refusals.
+"""ImageNet inflation (i3d_torch.apps.inflate): the paper's "boring video" property, both namings, refusals.
 
 The 2D network is built here: a PyTorch Inception-v1 with I3D's channel counts, TF SAME padding and
 BatchNorm with eps 1e-3, random weights and random BatchNorm statistics. Its state dict is written out in
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i3d_torch.errors import ConversionError
-from i3d_torch.inflate import inflate, inflated_model
-from i3d_torch.model import ENDPOINTS, INCEPTION_WIDTHS, InceptionI3d, same_padding
+from i3d_torch.core.errors import ConversionError
+from i3d_torch.apps.inflate import inflate, inflated_model
+from i3d_torch.core.model import ENDPOINTS, INCEPTION_WIDTHS, InceptionI3d, same_padding
 
 BLOCKS = list(INCEPTION_WIDTHS)  # Mixed_3b ... Mixed_5c
 TORCHVISION_BLOCKS = ["inception3a", "inception3b", "inception4a", "inception4b", "inception4c",

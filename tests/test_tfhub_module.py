@@ -19,10 +19,10 @@ import torch
 
 tf = pytest.importorskip("tensorflow", reason="TF-Hub modules need TensorFlow (pip install 'i3d-torch[tf]')")
 
-from i3d_torch.convert import convert, read_source  # noqa: E402
-from i3d_torch.parity import LOGITS_ATOL, compare_logits, load_tfhub_module, tfhub_logits_function  # noqa: E402
-from i3d_torch.tf_reference import TFInceptionI3d, random_variables  # noqa: E402
-from i3d_torch.transforms import rgb_to_model_input  # noqa: E402
+from i3d_torch.weights.convert import convert, read_source  # noqa: E402
+from i3d_torch.verification.parity import LOGITS_ATOL, compare_logits, load_tfhub_module, tfhub_logits_function  # noqa: E402
+from i3d_torch.verification.tf_reference import TFInceptionI3d, random_variables  # noqa: E402
+from i3d_torch.core.transforms import rgb_to_model_input  # noqa: E402
 
 from test_tf_reference_parity import published_rgb_scratch  # noqa: E402
 
@@ -134,7 +134,7 @@ def test_parity_cli_passes_against_the_module_and_against_the_tf_reference(expor
 @pytest.mark.slow
 def test_parity_cli_exits_1_naming_the_endpoints_when_the_model_differs(exported, tmp_path):
     import i3d_torch
-    from i3d_torch.weights import save_model
+    from i3d_torch.weights.registry import save_model
 
     _, module, converted = exported
     model = i3d_torch.load_model(converted)

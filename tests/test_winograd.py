@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from i3d_torch import model as model_module
-from i3d_torch.model import InceptionI3d, MaxPool3dSame, _separable_max_pool_3x3x3
-from i3d_torch.model import _zero_pad_channels_last, same_padding
-from i3d_torch.winograd import (
+from i3d_torch.core import model as model_module
+from i3d_torch.core.model import InceptionI3d, MaxPool3dSame, _separable_max_pool_3x3x3
+from i3d_torch.core.model import _zero_pad_channels_last, same_padding
+from i3d_torch.backends.cpu.winograd import (
     F43_POINTS,
     F44_POINTS,
     F63_POINTS,

@@ -9,7 +9,7 @@
 Each container gets a codec that works for it (``DEFAULT_CODECS``); lossless ones (``LOSSLESS``) decode
 to exactly the RGB frames given. Frames are uint8 ``[T, H, W, 3]`` RGB; ``[T, H, W]`` or ``[T, H, W, 1]``
 writes grayscale, ``[..., 4]`` RGBA (alpha kept where the codec has it), uint16 a 16-bit stream.
-Files are written atomically (``i3d_torch.fileio``).
+Files are written atomically (``i3d_torch.core.fileio``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import av
 import cv2
 import numpy as np
 
-from i3d_torch.fileio import atomic_open, atomic_path
+from i3d_torch.core.fileio import atomic_open, atomic_path
 
 #: Container (by extension) -> (FFmpeg muxer, default codec).
 DEFAULT_CODECS: Dict[str, tuple] = {

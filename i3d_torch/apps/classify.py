@@ -18,7 +18,7 @@ How a video is scored (DeepMind's evaluation, made to scale):
 Decoding runs in a background thread that fills a bounded queue with preprocessed windows while the model
 computes; the time the model spent waiting for input is reported (``timing.wait_s``).
 
-The frame-source, windowing and batching machinery here is shared with :mod:`i3d_torch.features`.
+The frame-source, windowing and batching machinery here is shared with :mod:`i3d_torch.apps.features`.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 import torch
 
-from .errors import I3DError, InputError, VideoError
-from .model import InceptionI3d, min_input_size
-from .transforms import Preprocess, flow_to_model_input
+from i3d_torch.weights.registry import DTYPES, cached_model, resolve_dtype
+from i3d_torch.core.errors import I3DError, InputError, VideoError
+from i3d_torch.core.model import InceptionI3d, min_input_size
+from i3d_torch.core.transforms import Preprocess, flow_to_model_input
 
 __all__ = [
     "classify",
@@ -71,7 +72,6 @@ LONG_VIDEO_STRIDE = 32
 PREFETCH_DEPTH = 4
 
 CROP_MODES = ("center", "three", "full")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def _frames_of(source: Source, settings: ClipSettings) -> Iterator[np.ndarray]:
         if len(source) == 0:
             raise InputError("frames: the array has no frames")
         return iter(source)
-    from .video import iter_frames
+    from i3d_torch.core.video import iter_frames
 
     return iter_frames(source, fps=settings.fps, short_side=settings.short_side)
 
@@ -221,7 +221,7 @@ def _frames_of(source: Source, settings: ClipSettings) -> Iterator[np.ndarray]:
 def _with_flow(frames: Iterator[np.ndarray]) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray]]]:
     """Pair each frame with the TV-L1 flow from the previous frame into it (None for the first), so that a
     window of frames ``[s, e)`` carries the ``e - s - 1`` flows between its own frames."""
-    from .flow import TVL1Flow
+    from i3d_torch.core.flow import TVL1Flow
 
     tvl1 = TVL1Flow()
     for frame in frames:
@@ -229,7 +229,7 @@ def _with_flow(frames: Iterator[np.ndarray]) -> Iterator[Tuple[np.ndarray, Optio
 
 
 def _crop_all(clip: np.ndarray, settings: ClipSettings) -> List[np.ndarray]:
-    from .video import crops
+    from i3d_torch.core.video import crops
 
     return crops(clip, mode=settings.crop, size=settings.crop_size)
 
@@ -237,7 +237,7 @@ def _crop_all(clip: np.ndarray, settings: ClipSettings) -> List[np.ndarray]:
 def _loop(clip: np.ndarray, min_frames: int) -> np.ndarray:
     if len(clip) >= min_frames:
         return clip
-    from .video import loop_to_length
+    from i3d_torch.core.video import loop_to_length
 
     return loop_to_length(clip, min_frames)
 
@@ -413,49 +413,11 @@ class _Raised:
 # Models
 # ---------------------------------------------------------------------------------------------------
 
-_MODELS: Dict[tuple, InceptionI3d] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
-        return dtype
-    if dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
-
-
-def _cache_key(weights: Any, device: torch.device, dtype: torch.dtype) -> tuple:
-    key = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else repr(weights)
-    path = Path(key)
-    if path.is_file():  # a file path: a rewritten file must not hit the stale model
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    return (key, str(device), dtype)
-
-
-def cached_model(weights: Any = "rgb_kinetics400", device: Union[str, torch.device] = "cpu", dtype=torch.float32):
-    """The model for ``weights`` on ``device`` in ``dtype``, loaded once per process and reused."""
-    from .weights import load_model
-
-    device = torch.device(device)
-    dtype = resolve_dtype(dtype)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' requested but CUDA is not available (use --device cpu)")
-    key = _cache_key(weights, device, dtype)
-    with _MODELS_LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            model = load_model(weights, device=device).to(dtype).eval()
-            _MODELS[key] = model
-    return model
 
 
 def weights_of(model: InceptionI3d, fallback: Any):
     """The weights entry describing ``model`` (attached by load_model), else ``fallback``'s entry."""
-    from .weights import get_weights
+    from i3d_torch.weights.registry import get_weights
 
     return getattr(model, "weights_info", None) or get_weights(fallback)
 
@@ -908,7 +870,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--top must be at least 1, got {args.top}")
     plot_files = None
     if args.plot:
-        from .plotting import plot_paths
+        from i3d_torch.apps.plotting import plot_paths
 
         plot_files = plot_paths(args.plot, args.videos)
     failures = 0
@@ -939,7 +901,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"i3d-torch predict: error: {result}", file=sys.stderr, flush=True)
                 continue
             if plot_files is not None:
-                from .plotting import plot_timeline
+                from i3d_torch.apps.plotting import plot_timeline
 
                 plot_timeline(result, plot_files[index], top_k=args.top)
             bar.clear()

@@ -15,7 +15,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .fileio import atomic_path
+from i3d_torch.core.fileio import atomic_path
 
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int64: "I64"}
 

@@ -21,7 +21,7 @@ from typing import Union
 import numpy as np
 import torch
 
-from .errors import InputError
+from i3d_torch.core.errors import InputError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -130,11 +130,11 @@ def check_model_input(x: torch.Tensor, *, source: str = "input") -> list:
         cause = "0-255 pixels not rescaled" if hi > 2.0 else "values not mapped to [-1, 1]"
         warnings.append(
             f"{source}: values span [{lo:.3g}, {hi:.3g}], outside the model's [-1, 1] (likely cause: {cause}; "
-            f"use i3d_torch.transforms.rgb_to_model_input)"
+            f"use i3d_torch.core.transforms.rgb_to_model_input)"
         )
     elif lo >= 0.0 and hi > 0.0 and x.numel() > 1000:
         warnings.append(
             f"{source}: values span [{lo:.3g}, {hi:.3g}], all non-negative: frames in [0, 1] not mapped to "
-            f"[-1, 1]? (use i3d_torch.transforms.rgb_to_model_input(frames, 'unit'))"
+            f"[-1, 1]? (use i3d_torch.core.transforms.rgb_to_model_input(frames, 'unit'))"
         )
     return warnings

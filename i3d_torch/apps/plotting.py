@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from .errors import InputError
-from .fileio import atomic_path
+from i3d_torch.core.errors import InputError
+from i3d_torch.core.fileio import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .inference import Classification
+    from i3d_torch.apps.classify import Classification
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -8,7 +8,7 @@ docs/performance.md); TF does not pay it because its BFC allocator keeps its mem
 large blocks from its heap and never to trim the heap makes freed blocks reusable: after the first forward,
 the process's memory stays at its high-water mark instead of being returned to the OS between forwards.
 
-It is applied once, on the first CPU inference through the fused path (:mod:`i3d_torch.model`), only with
+It is applied once, on the first CPU inference through the fused path (:mod:`i3d_torch.core.model`), only with
 glibc, and not when the environment sets ``I3D_TORCH_KEEP_FREED_MEMORY=0`` (for processes that must give
 memory back to the OS between forwards, at the price of the page faults).
 """

@@ -3,7 +3,7 @@
 DeepMind's recipe (kinetics-i3d README): frames at 25 fps, resized so the short side is 256, converted to
 grayscale; TV-L1 optical flow between consecutive frames (OpenCV's Dual TV-L1, default parameters);
 displacements clipped to [-20, 20] pixels and divided by 20 (that last step is
-:func:`i3d_torch.transforms.flow_to_model_input`); then the same centre crop as the RGB stream.
+:func:`i3d_torch.core.transforms.flow_to_model_input`); then the same centre crop as the RGB stream.
 
 ``T`` frames give ``T - 1`` flow fields: flow ``i`` is the motion from frame ``i`` to frame ``i + 1``.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .errors import InputError
+from i3d_torch.core.errors import InputError
 
 __all__ = ["TVL1Flow", "video_flow"]
 

@@ -215,7 +215,7 @@ class _Segment:
 class TemporalWinogradConv:
     """A convolution + bias + ReLU for one input shape, as temporal Winograd (see the module docstring).
 
-    Built once per (weights, input shape) by the inference path of :class:`i3d_torch.model.Unit3D` (which
+    Built once per (weights, input shape) by the inference path of :class:`i3d_torch.core.model.Unit3D` (which
     caches it like the packed weights of the direct path) and called with channels-last float32 input on
     CPU. ``weight`` is ``[C_out, C_in, kT, kH, kW]`` with BatchNorm already folded in; ``bias`` is ``[C_out]``;
     ``input_shape`` is the shape of the input the convolution sees, explicit padding included; ``stride`` and

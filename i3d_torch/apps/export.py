@@ -22,9 +22,9 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import InputError
-from .fileio import atomic_path
-from .model import InceptionI3d
+from i3d_torch.core.errors import InputError
+from i3d_torch.core.fileio import atomic_path
+from i3d_torch.core.model import InceptionI3d
 
 __all__ = ["prepare_for_export", "export_program", "save_program", "export_onnx", "OnnxRunner", "DYNAMIC_T_MULTIPLE"]
 

@@ -39,11 +39,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed as ddp_env
-from .data import VideoClips, VideoList, collate_windows, discover
-from .errors import I3DError, InputError, WeightsError
-from .fileio import append_jsonl, atomic_open, atomic_path, write_json
-from .model import ENDPOINTS, BatchNorm3dNoScale, InceptionI3d
+from i3d_torch.pipeline import distributed as ddp_env
+from i3d_torch.pipeline.data import VideoClips, VideoList, collate_windows, discover
+from i3d_torch.core.errors import I3DError, InputError, WeightsError
+from i3d_torch.core.fileio import append_jsonl, atomic_open, atomic_path, write_json
+from i3d_torch.core.model import ENDPOINTS, BatchNorm3dNoScale, InceptionI3d
 
 __all__ = [
     "FinetuneConfig",
@@ -60,7 +60,7 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-CHECKPOINT_FORMAT = "i3d_torch.finetune/1"
+CHECKPOINT_FORMAT = "i3d_torch.apps.finetune/1"
 #: Starting from random weights instead of a registered/converted file.
 SCRATCH = "none"
 #: Options that may differ between a run and its resumption without changing the result.
@@ -472,7 +472,7 @@ def score(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) ->
 
 def plot_confusion(result: EvalResult, path: PathLike) -> Path:
     """The confusion matrix as a PNG (rows: true class, columns: predicted), written atomically."""
-    from .plotting import _pyplot
+    from i3d_torch.apps.plotting import _pyplot
 
     plt = _pyplot()
     matrix = np.asarray(result.confusion, dtype=np.float64)
@@ -566,7 +566,7 @@ def build_model(config: FinetuneConfig, num_classes: int, device: torch.device) 
             strict_tf_pooling=config.strict_tf_pooling,
         )
     else:
-        from .weights import load_model
+        from i3d_torch.weights.registry import load_model
 
         model = load_model(
             config.weights,
@@ -916,7 +916,7 @@ class _Run:
     def _finish(self, step: int, last_eval: Optional[EvalResult]) -> FinetuneResult:
         model_path = self.run_dir / "model.safetensors"
         if ddp_env.is_main_process():
-            from .weights import save_model
+            from i3d_torch.weights.registry import save_model
 
             self.model.eval()
             save_model(

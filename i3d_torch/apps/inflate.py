@@ -44,8 +44,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from .errors import ConversionError
-from .model import INCEPTION_WIDTHS, InceptionI3d
+from i3d_torch.core.errors import ConversionError
+from i3d_torch.core.model import INCEPTION_WIDTHS, InceptionI3d
 
 __all__ = ["inflate", "inflated_model", "detect_naming", "unit_table"]
 

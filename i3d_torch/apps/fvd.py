@@ -40,9 +40,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from . import distributed
-from .errors import I3DError, InputError, VideoError
-from .fileio import atomic_open
+from i3d_torch.pipeline import distributed
+from i3d_torch.core.errors import I3DError, InputError, VideoError
+from i3d_torch.core.fileio import atomic_open
 
 __all__ = [
     "fvd",
@@ -306,7 +306,7 @@ class FolderVideoSet(VideoSet):
     """
 
     def __init__(self, folder: PathLike, frames: Optional[int] = None):
-        from .video import is_video_path  # the decoder is only needed for folders
+        from i3d_torch.core.video import is_video_path  # the decoder is only needed for folders
 
         self.folder = Path(folder)
         self.description = str(folder)
@@ -344,7 +344,7 @@ class FolderVideoSet(VideoSet):
 
     def read_resized(self, index: int) -> torch.Tensor:
         """One video, every frame resized to 224x224 as decoded: float32 ``[T, 224, 224, 3]`` in 0..255."""
-        from .video import iter_frames
+        from i3d_torch.core.video import iter_frames
 
         path = self.paths[index]
         resized = [
@@ -876,7 +876,7 @@ def fvd(
 def _load_model_once(weights: str, device: Union[str, torch.device]) -> torch.nn.Module:
     """Load the weights; under torchrun rank 0 goes first, so a first-use download and conversion happens
     once rather than on every rank at the same time."""
-    from .weights import load_model
+    from i3d_torch.weights.registry import load_model
 
     with distributed.main_process_first():
         return load_model(weights, device=str(distributed.device_for_rank(str(device))))

@@ -1,6 +1,6 @@
 """Extract I3D features of many videos: ``i3d-torch features`` and :func:`extract_features`.
 
-For each video (decoded, windowed and cropped exactly as ``predict`` does; see :mod:`i3d_torch.inference`)
+For each video (decoded, windowed and cropped exactly as ``predict`` does; see :mod:`i3d_torch.apps.classify`)
 the chosen endpoint is computed per window and written as two ``.npy`` files under the output folder,
 mirroring the input's path relative to the input root (so names are deterministic and cannot collide):
 
@@ -27,10 +27,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from . import distributed
-from .errors import I3DError, InputError
-from .fileio import append_jsonl, atomic_open, sha256_file
-from .inference import (
+from i3d_torch.pipeline import distributed
+from i3d_torch.core.errors import I3DError, InputError
+from i3d_torch.core.fileio import append_jsonl, atomic_open, sha256_file
+from i3d_torch.apps.classify import (
     ClipSettings,
     check_crop_for_logits,
     Prefetcher,
@@ -47,7 +47,7 @@ from .inference import (
     unsupported_dtype,
     weights_of,
 )
-from .model import ENDPOINTS
+from i3d_torch.core.model import ENDPOINTS
 
 __all__ = ["extract_features", "collect_inputs", "resolve_endpoint", "ExtractionSummary", "add_arguments", "run"]
 
@@ -108,7 +108,7 @@ class InputItem:
 
 
 def _is_frame_folder(folder: Path) -> bool:
-    from .video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS
+    from i3d_torch.core.video import FRAME_EXTENSIONS, VIDEO_EXTENSIONS
 
     names = [n.lower() for n in os.listdir(folder) if not n.startswith(".")]
     return any(n.endswith(FRAME_EXTENSIONS) for n in names) and not any(n.endswith(VIDEO_EXTENSIONS) for n in names)
@@ -116,7 +116,7 @@ def _is_frame_folder(folder: Path) -> bool:
 
 def _walk(root: Path) -> List[Path]:
     """Videos under ``root``: video files, and folders of frame images (with no video beside the images)."""
-    from .video import VIDEO_EXTENSIONS
+    from i3d_torch.core.video import VIDEO_EXTENSIONS
 
     found = []
     visited = set()
@@ -154,7 +154,7 @@ def _read_list(list_file: Path) -> List[Path]:
 def collect_inputs(source: PathLike) -> List[InputItem]:
     """The sorted list of videos named by ``source``: a video file, a frame folder, a folder searched
     recursively, or a text file listing videos. Output names are paths relative to the common root."""
-    from .video import VIDEO_EXTENSIONS
+    from i3d_torch.core.video import VIDEO_EXTENSIONS
 
     source = Path(source)
     if not source.exists():

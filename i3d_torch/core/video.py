@@ -2,7 +2,7 @@
 
 DeepMind's recipe (Carreira & Zisserman 2017, and the kinetics-i3d README): frames sampled at 25 fps,
 RGB, resized so the shorter side is 256 pixels with bilinear interpolation, centre-cropped to 224x224,
-then mapped to [-1, 1] (:mod:`i3d_torch.transforms`). Short videos are looped to the clip length.
+then mapped to [-1, 1] (:mod:`i3d_torch.core.transforms`). Short videos are looped to the clip length.
 
 This module does the reading part and stays bounded in memory: :func:`iter_frames` streams uint8 RGB
 frames, each resampled in time and resized as it is decoded, so an 8K video never holds more than the
@@ -20,7 +20,7 @@ Decoders, and why each:
   ``cv2.resize(..., INTER_LINEAR)`` on the uint8 RGB frame, i.e. bilinear with half-pixel centres and
   edge clamping. Like DeepMind's (cv2-style) bilinear resize it does not antialias when shrinking.
 
-Every failure is an :class:`~i3d_torch.errors.VideoError` whose one-line message names the file.
+Every failure is an :class:`~i3d_torch.core.errors.VideoError` whose one-line message names the file.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import av
 import cv2
 import numpy as np
 
-from .errors import InputError, VideoError
+from i3d_torch.core.errors import InputError, VideoError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import InputError
-from .transforms import rgb_to_model_input
+from i3d_torch.core.errors import InputError
+from i3d_torch.core.transforms import rgb_to_model_input
 
 __all__ = [
     "VideoList",
@@ -87,7 +87,7 @@ class VideoList:
 
 
 def _is_video(path: Path) -> bool:
-    from .video import is_video_path
+    from i3d_torch.core.video import is_video_path
 
     return is_video_path(path)
 
@@ -345,7 +345,7 @@ class VideoClips(Dataset):
         return len(self.videos)
 
     def _frames(self, index: int) -> np.ndarray:
-        from .video import loop_to_length, read_video
+        from i3d_torch.core.video import loop_to_length, read_video
 
         frames, _ = read_video(self.videos.paths[index], fps=self.fps, short_side=self.short_side)
         return loop_to_length(frames, self.clip_frames)

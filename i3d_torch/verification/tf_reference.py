@@ -1,6 +1,6 @@
 """The TensorFlow reference: DeepMind's I3D graph written again in TensorFlow 2 with raw ``tf.nn`` ops.
 
-This is the yardstick the PyTorch model is measured against (see :mod:`i3d_torch.parity`). It follows
+This is the yardstick the PyTorch model is measured against (see :mod:`i3d_torch.verification.parity`). It follows
 DeepMind's ``i3d.py`` (deepmind/kinetics-i3d, Apache-2.0) op for op, without Sonnet:
 
 * ``Unit3D``: ``tf.nn.conv3d(padding="SAME")`` without bias, then Sonnet v1's inference BatchNorm as
@@ -15,7 +15,7 @@ Variables are ``tf.Variable`` objects named exactly as in DeepMind's checkpoints
 ``RGB/inception_i3d/Conv3d_1a_7x7/conv_3d/w``, ``Flow/inception_i3d/...``, or with no prefix at all for
 the Kinetics-600 checkpoint's layout (``Conv3d_1a_7x7/conv_3d/w``). They come from a dict of TF-named
 numpy arrays whose names are relative to ``inception_i3d/`` (the ``Source.variables`` format of
-:mod:`i3d_torch.convert`), from a TF checkpoint read by TensorFlow itself (:meth:`TFInceptionI3d.from_checkpoint`),
+:mod:`i3d_torch.weights.convert`), from a TF checkpoint read by TensorFlow itself (:meth:`TFInceptionI3d.from_checkpoint`),
 or from a seed (:func:`random_variables`) for random-weight parity.
 
 The reference can be written out the two ways DeepMind's weights exist in the wild: a TF1 name-keyed
@@ -36,8 +36,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .fileio import atomic_path
-from .model import ENDPOINTS, INCEPTION_WIDTHS, LOGITS_POOL, MAX_POOLS
+from i3d_torch.core.fileio import atomic_path
+from i3d_torch.core.model import ENDPOINTS, INCEPTION_WIDTHS, LOGITS_POOL, MAX_POOLS
 
 __all__ = [
     "TFInceptionI3d",
@@ -310,7 +310,7 @@ class TFInceptionI3d:
         signature maps one video input ``default`` ``[batch, frames, height, width, C]`` to
         ``{"default": logits [batch, K]}`` (input placeholder ``input_frames``, logits tensor
         ``RGB/inception_i3d/Mean``). Its ``variables/`` checkpoint is keyed by the DeepMind variable
-        names, as in a TF1 Hub module, so :func:`i3d_torch.convert.read_source` reads it as a module directory.
+        names, as in a TF1 Hub module, so :func:`i3d_torch.weights.convert.read_source` reads it as a module directory.
         The directory is built beside ``directory`` and renamed into place when complete.
         """
         tf = _tf()

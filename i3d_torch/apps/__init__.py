@@ -1,0 +1,1 @@
+"""Applications: classify, features, FVD, fine-tuning, inflation, export and the benchmark."""
