@@ -288,10 +288,49 @@ def test_frames_above_the_pixel_limit_are_refused(tmp_path, monkeypatch):
     path = write_video(tmp_path / "clip.mkv", moving_shapes(2, 48, 64), 25)
     folder = write_frame_folder(tmp_path / "frames", moving_shapes(2, 48, 64))
     monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 64 * 48 - 1)
-    assert "frame size 64x48 is invalid or too large" in read_error(path)
-    assert "frame size 64x48 is invalid or too large" in probe_error(path)
+    assert "header states a 64x48 frame, above the 0.00307-megapixel limit" in read_error(path)
+    assert "header states a 64x48 frame" in probe_error(path)
     with pytest.raises(VideoError, match="frame size 64x48 is invalid or too large"):
         list(video.iter_frames(folder))
+
+
+def _avi_claiming_size(path, codec: str, width: int, height: int) -> Path:
+    """A small AVI whose main header (avih) and stream format (strf) claim ``width`` x ``height``."""
+    import struct
+
+    data = bytearray(write_video(path, moving_shapes(40, 48, 64), 25, codec).read_bytes())
+    avih, strf = data.find(b"avih"), data.find(b"strf")
+    struct.pack_into("<II", data, avih + 8 + 32, width, height)  # dwWidth, dwHeight
+    struct.pack_into("<ii", data, strf + 8 + 4, width, height)  # BITMAPINFOHEADER biWidth, biHeight
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("codec", ["msmpeg4v2", "rawvideo"])
+def test_header_claiming_a_huge_frame_is_refused_before_decoding(tmp_path, codec):
+    # Issue 17: a small AVI whose header claims 16000x16000 made the decoder allocate gigabytes and predicted on
+    # garbage frames. The stated size is checked against MAX_FRAME_PIXELS before any frame is decoded.
+    path = _avi_claiming_size(tmp_path / "huge.avi", codec, 16000, 16000)
+    assert path.stat().st_size < 1_000_000
+    assert "header states a 16000x16000 frame, above the 67.1-megapixel limit" in read_error(path, fps=25)
+    assert "16000x16000" in probe_error(path)
+
+
+def test_header_claiming_a_huge_frame_costs_little_memory(tmp_path):
+    path = _avi_claiming_size(tmp_path / "huge.avi", "msmpeg4v2", 16000, 16000)
+    probe = (
+        "import resource, sys\n"
+        "from i3d_torch.core import video\n"
+        "try:\n    list(video.iter_frames(sys.argv[1], fps=25, short_side=256))\n"
+        "except Exception as e:\n    print(type(e).__name__)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and len(done.stdout.split()) == 2, done.stderr[-2000:]
+    error, peak_mb = done.stdout.split()
+    assert error == "VideoError"
+    # Importing torch, PyAV and OpenCV takes about 300 MB here; one RGB frame of 16000x16000 alone is 768 MB.
+    assert int(peak_mb) < 700, done.stdout
 
 
 def test_bad_arguments_are_input_errors(tmp_path):

@@ -26,6 +26,7 @@ from videogen import (
 )
 
 from i3d_torch.core import video
+from i3d_torch.core.defaults import ASSETS_DIR
 from i3d_torch.core.errors import InputError
 from i3d_torch.core.transforms import rgb_to_model_input
 
@@ -237,7 +238,7 @@ def test_small_frames_are_enlarged_to_the_short_side(tmp_path):
 def test_gif_decodes_like_pillow(tmp_path):
     from PIL import Image, ImageSequence
 
-    gif = Path(video.__file__).parent / "assets" / "v_CricketShot_g04_c01_rgb.gif"
+    gif = ASSETS_DIR / "v_CricketShot_g04_c01_rgb.gif"
     with Image.open(gif) as image:
         expected = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(image)])
     got = np.stack(list(video.iter_frames(gif, fps=None, short_side=None)))

@@ -57,9 +57,10 @@ FALLBACK_FPS = 25.0
 #: Largest long-side/short-side ratio resized to ``short_side``: beyond it the long side explodes
 #: (4000x16 with short side 256 would be 64000 px wide, 49 MB a frame) and no crop of it is meaningful.
 MAX_ASPECT_RATIO = 16.0
-#: Largest decoded frame accepted (pixels): 16K (15360x8640) fits; a damaged header claiming more is refused
-#: before the frame is converted to RGB, so a corrupt file cannot make us allocate gigabytes more.
-MAX_FRAME_PIXELS = 16384 * 16384
+#: Largest frame accepted (pixels): 8K (7680x4320 and DCI 8192x4320) fits. The size a container's header states
+#: is checked before the decoder is started, and each decoded frame before it is converted to RGB, so a small
+#: damaged file whose header claims 16000x16000 cannot make the decoder allocate gigabytes (768 MB per RGB frame).
+MAX_FRAME_PIXELS = 8192 * 8192
 #: A jump between consecutive timestamps longer than this (seconds) is damage, not a long still frame.
 MAX_TIMESTAMP_GAP = 60.0
 #: Packets demuxed by :func:`probe` to measure the frame rate and detect variable frame rate.
@@ -250,6 +251,14 @@ class _FrameShaper:
 def _check_frame_pixels(width: int, height: int, path: str) -> None:
     if width <= 0 or height <= 0 or width * height > MAX_FRAME_PIXELS:
         raise VideoError(f"frame size {width}x{height} is invalid or too large", path)
+
+
+def _check_stated_size(stream: "av.video.stream.VideoStream", path: str) -> None:
+    """Refuse a stream whose header states a frame larger than :data:`MAX_FRAME_PIXELS`, before decoding."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width and height and width * height > MAX_FRAME_PIXELS:
+        limit = f"{MAX_FRAME_PIXELS / 1e6:.3g}-megapixel"
+        raise VideoError(f"the header states a {width}x{height} frame, above the {limit} limit (damaged header?)", path)
 
 
 # ---------------------------------------------------------------------------------- time resampling
@@ -468,6 +477,7 @@ def _iter_video_file(path: str, fps: Optional[float], short_side: Optional[int])
     container = _open_container(path)
     try:
         stream = _video_stream(container, path)
+        _check_stated_size(stream, path)
         stream.thread_type = "AUTO"  # frame + slice threads: decoding is the bottleneck at high resolution
         decoded = _decoded_video_frames(container, stream, path, short_side)
         yield from _resample(decoded, fps, _nominal_step(stream), path)
@@ -638,6 +648,7 @@ def probe(path: PathLike, *, folder_fps: float = DEFAULT_FOLDER_FPS) -> VideoInf
     container = _open_container(path)
     try:
         stream = _video_stream(container, path)
+        _check_stated_size(stream, path)
         time_base = Fraction(stream.time_base) if stream.time_base else None
         pts: List[int] = []
         last_duration = 0
