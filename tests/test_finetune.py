@@ -1,6 +1,6 @@
-"""Fine-tuning (i3d_torch.apps.finetune, i3d_torch.pipeline.data): data sets, clip sampling, schedule, checkpoints and
-exact resume after a real SIGKILL, BatchNorm handling, the CLI's error lines, and a tiny real fine-tune
-whose loss falls and whose accuracy rises.
+"""Fine-tuning (i3d_torch.apps.finetune, i3d_torch.pipeline.data, i3d_torch.pipeline.distributed): data sets,
+clip sampling, schedule, checkpoints and exact resume after a real SIGKILL, BatchNorm handling, the CLI's error
+lines, and a tiny real fine-tune whose loss falls and whose accuracy rises.
 
 Videos are encoded by the tests (tests/videogen.py). Small clips need the model's
 ``strict_tf_pooling=False`` (``--no-strict-tf-pooling``): the strict TF head needs 9x193x193 at least.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,27 +21,28 @@ import numpy as np
 import pytest
 import torch
 
-from i3d_torch.pipeline.data import VideoClips, discover, read_csv, read_split_files
+from i3d_torch.apps.finetune import FinetuneConfig
+from i3d_torch.apps.finetune.checkpoint import load_checkpoint, rng_state, set_rng_state
+from i3d_torch.apps.finetune.loop import epoch_order
+from i3d_torch.apps.finetune.metrics import score
+from i3d_torch.apps.finetune.network import freeze, set_train_mode
+from i3d_torch.apps.finetune.optim import lr_at_step
 from i3d_torch.core.errors import InputError
-from i3d_torch.apps.finetune import (
-    FinetuneConfig,
-    SyncBatchNorm3dNoScale,
-    convert_sync_batchnorm,
-    epoch_order,
-    freeze,
-    load_checkpoint,
-    lr_at_step,
-    rng_state,
-    score,
-    set_rng_state,
-    set_train_mode,
-)
 from i3d_torch.core.model import BatchNorm3dNoScale, InceptionI3d
+from i3d_torch.pipeline.data import VideoClips, discover, read_csv, read_split_files
+from i3d_torch.pipeline.distributed import SyncBatchNorm3dNoScale, convert_sync_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from videogen import write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread_subprocesses(monkeypatch):
+    """Command-line runs (``run_cli``, Popen) use one thread each: the runs compared bitwise then share one
+    reduction order, and parallel test processes do not fight over the cores."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 # -- synthetic videos ------------------------------------------------------------------------------------
@@ -70,7 +72,8 @@ def make_dataset(root: Path, per_class: int, frames: int = 16, size: int = 64, s
     """``root/still/*.mp4`` and ``root/moving/*.mp4``: two classes that differ only in motion."""
     for name, speed in (("still", 0), ("moving", 6)):
         for k in range(per_class):
-            write_video(root / name / f"{name}_{k}.mp4", square_video(frames, size, speed, seed + 2 * k + (speed > 0)), fps=25)
+            video = square_video(frames, size, speed, seed + 2 * k + (speed > 0))
+            write_video(root / name / f"{name}_{k}.mp4", video, fps=25)
     return root
 
 
@@ -78,14 +81,6 @@ def touch(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x")
     return path
-
-
-def run_cli(*args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "i3d_torch", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
 
 
 # -- data sets -------------------------------------------------------------------------------------------
@@ -98,7 +93,8 @@ def test_folder_of_class_subfolders_gives_sorted_classes_and_labels(tmp_path):
     touch(tmp_path / "run" / "notes.txt")
     videos = discover(tmp_path)
     assert videos.classes == ["run", "walk"]
-    assert sorted((p.name, y) for p, y in zip(videos.paths, videos.labels)) == [("a.mp4", 1), ("b.avi", 0), ("c.mkv", 0)]
+    found = sorted((p.name, y) for p, y in zip(videos.paths, videos.labels))
+    assert found == [("a.mp4", 1), ("b.avi", 0), ("c.mkv", 0)]
 
 
 def test_csv_paths_are_relative_to_the_csv_and_header_is_optional(tmp_path):
@@ -115,12 +111,16 @@ def test_csv_paths_are_relative_to_the_csv_and_header_is_optional(tmp_path):
 
 def test_ucf101_split_files_with_class_index(tmp_path):
     root = tmp_path / "UCF-101"
-    for name in ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "Archery/v_Archery_g01_c01.avi", "Archery/v_Archery_g09_c02.avi"):
+    names = ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "Archery/v_Archery_g01_c01.avi",
+             "Archery/v_Archery_g09_c02.avi")
+    for name in names:
         touch(root / name)
     splits = tmp_path / "ucfTrainTestlist"
     splits.mkdir()
     (splits / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 ApplyLipstick\n3 Archery\n")
-    (splits / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nArchery/v_Archery_g01_c01.avi 3\n")
+    (splits / "trainlist01.txt").write_text(
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nArchery/v_Archery_g01_c01.avi 3\n"
+    )
     (splits / "testlist01.txt").write_text("Archery/v_Archery_g09_c02.avi\n")
     train = read_split_files(root, [splits / "trainlist01.txt"])
     test = read_split_files(root, [splits / "testlist01.txt"], subset="test")
@@ -239,6 +239,15 @@ def test_random_states_survive_a_weights_only_checkpoint(tmp_path):
     assert random.random() == expected[2]
 
 
+def test_checkpoints_of_the_released_format_still_resume(tmp_path):
+    """The format name is data inside every checkpoint, not a module path: moving the code keeps it."""
+    torch.save({"format": "i3d_torch.finetune/1", "step": 3}, tmp_path / "step-0000003.pt")
+    assert load_checkpoint(tmp_path / "step-0000003.pt")["step"] == 3
+    torch.save({"format": "i3d_torch.apps.finetune/1", "step": 3}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not a checkpoint of this fine-tuning code"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
 def test_freezing_stops_gradients_and_keeps_frozen_batchnorm_in_eval_mode():
     model = InceptionI3d(num_classes=2, strict_tf_pooling=False)
     frozen = freeze(model, "Mixed_4f")
@@ -247,7 +256,8 @@ def test_freezing_stops_gradients_and_keeps_frozen_batchnorm_in_eval_mode():
     assert not model.Mixed_4f.Branch_0.Conv3d_0a_1x1.batch_norm.training
     assert model.Mixed_5b.Branch_0.Conv3d_0a_1x1.batch_norm.training
     model(torch.rand(2, 3, 8, 64, 64) * 2 - 1).sum().backward()
-    assert model.Conv3d_1a_7x7.conv_3d.weight.grad is None and model.Mixed_4f.Branch_0.Conv3d_0a_1x1.batch_norm.bias.grad is None
+    assert model.Conv3d_1a_7x7.conv_3d.weight.grad is None
+    assert model.Mixed_4f.Branch_0.Conv3d_0a_1x1.batch_norm.bias.grad is None
     assert model.Mixed_5b.Branch_0.Conv3d_0a_1x1.conv_3d.weight.grad is not None
     set_train_mode(model, frozen, freeze_bn=True)
     assert not model.Mixed_5c.Branch_3.Conv3d_0b_1x1.batch_norm.training
@@ -300,8 +310,9 @@ def final_state(run_dir: Path) -> dict:
     return load_file(str(run_dir / "model.safetensors"))
 
 
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(small_videos, tmp_path):
-    args = [*SCRATCH_ARGS, "--data", small_videos, "--epochs", "5", "--checkpoint-every", "1", "--keep-checkpoints", "2"]
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(small_videos, tmp_path, run_cli):
+    args = [*SCRATCH_ARGS, "--data", small_videos, "--epochs", "5", "--checkpoint-every", "1",
+            "--keep-checkpoints", "2"]
     straight = run_cli("finetune", *args, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
 
@@ -309,7 +320,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(small_videos, tmp
     killed_dir = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "i3d_torch", "finetune", *map(str, args), "--out", str(killed_dir)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
     )
     deadline = time.monotonic() + 300
     while not list((killed_dir / "checkpoints").glob("step-*.pt")) and process.poll() is None:
@@ -335,7 +346,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(small_videos, tmp
     assert steps == list(range(1, 11))
 
 
-def test_cli_errors_are_one_line_without_traceback(small_videos, tmp_path):
+def test_cli_errors_are_one_line_without_traceback(small_videos, tmp_path, run_cli):
     missing = run_cli("finetune", "--data", tmp_path / "nope", "--out", tmp_path / "run", "--weights", "none")
     assert missing.returncode == 1
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
@@ -344,12 +355,11 @@ def test_cli_errors_are_one_line_without_traceback(small_videos, tmp_path):
     nothing = run_cli("finetune", *SCRATCH_ARGS, "--data", small_videos, "--out", tmp_path / "empty", "--resume")
     assert nothing.returncode == 1 and "nothing to resume" in nothing.stderr and "Traceback" not in nothing.stderr
 
-    bad = run_cli("finetune", *SCRATCH_ARGS, "--data", small_videos, "--out", tmp_path / "r", "--freeze-until", "Logits")
+    bad = run_cli("finetune", *SCRATCH_ARGS, "--data", small_videos, "--out", tmp_path / "r",
+                  "--freeze-until", "Logits")
     assert bad.returncode == 2  # argparse rejects an endpoint past Mixed_5c
 
     # A damaged video decoded in a DataLoader worker: the worker's message, not its traceback.
-    import shutil
-
     damaged = shutil.copytree(small_videos, tmp_path / "damaged")
     victim = next(damaged.glob("still/*.mp4"))
     victim.write_bytes(victim.read_bytes()[:300])
@@ -358,7 +368,7 @@ def test_cli_errors_are_one_line_without_traceback(small_videos, tmp_path):
     assert f"error: {victim}: " in broken.stderr and "Traceback" not in broken.stderr
 
 
-def test_finished_run_refuses_a_second_start_and_a_changed_resume(small_videos, tmp_path):
+def test_finished_run_refuses_a_second_start_and_a_changed_resume(small_videos, tmp_path, run_cli):
     out = tmp_path / "run"
     args = [*SCRATCH_ARGS, "--data", small_videos, "--out", out, "--epochs", "1"]
     assert run_cli("finetune", *args).returncode == 0
@@ -436,7 +446,7 @@ def test_bf16_accumulation_clipping_and_window_evaluation_run_end_to_end(small_v
     assert config["global_batch_size"] == 2 and config["total_steps"] == 2
 
 
-def test_finetuned_model_is_usable_by_predict(small_videos, tmp_path):
+def test_finetuned_model_is_usable_by_predict(small_videos, tmp_path, run_cli):
     out = tmp_path / "run"
     assert run_cli("finetune", *SCRATCH_ARGS, "--data", small_videos, "--out", out, "--epochs", "1").returncode == 0
     video = next(small_videos.glob("moving/*.mp4"))

@@ -51,8 +51,9 @@ WORKER = textwrap.dedent(
     import json, sys, torch
     import torch.nn.functional as F
     from i3d_torch.core.fileio import atomic_path
-    from i3d_torch.apps.finetune import convert_sync_batchnorm, finetune
+    from i3d_torch.apps.finetune import finetune
     import i3d_torch.pipeline.distributed as dist_env
+    from i3d_torch.pipeline.distributed import convert_sync_batchnorm
     from test_finetune_distributed import sync_bn_problem
 
     torch.set_num_threads(1)

@@ -20,7 +20,8 @@ How clips are cut (Carreira & Zisserman, CVPR 2017, section 3.5), in :class:`Vid
 
 Randomness is a pure function of ``(seed, epoch, video index)``, so a clip does not depend on which
 DataLoader worker or which process decodes it: runs are reproducible and resumable with any
-``num_workers`` and any number of processes.
+``num_workers`` and any number of processes. :func:`iterate_batches` and :func:`decoding_worker_init` are
+how training and evaluation run these data sets through a DataLoader.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from i3d_torch.core.errors import InputError
+from i3d_torch.core.defaults import CROP_SIZE, FPS, SHORT_SIDE
+from i3d_torch.core.errors import I3DError, InputError
 from i3d_torch.core.transforms import rgb_to_model_input
 
 __all__ = [
@@ -48,6 +50,8 @@ __all__ = [
     "VideoClips",
     "collate_windows",
     "temporal_window",
+    "iterate_batches",
+    "decoding_worker_init",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -297,7 +301,8 @@ class VideoClips(Dataset):
         train: random window, crop and flip if True; centre window and crop if False.
         eval_windows: with ``train=False``: ``"center"`` (one clip) or ``"all"`` (every window of
             ``clip_frames`` with that stride, stacked as ``[W, C, T, S, S]``; use :func:`collate_windows`).
-        fps, short_side, crop_size: decoding and crop geometry (DeepMind's: 25, 256, 224).
+        fps, short_side, crop_size: decoding and crop geometry (DeepMind's by default, from
+            :mod:`i3d_torch.core.defaults`).
         seed: base of the per-clip random streams; :meth:`set_epoch` changes them every epoch.
         flip: random left-right flips in training (turn off when left/right carries the label).
         modality: ``"rgb"``; flow needs precomputed flow and is not decoded here.
@@ -310,9 +315,9 @@ class VideoClips(Dataset):
         *,
         train: bool,
         eval_windows: str = "center",
-        fps: float = 25.0,
-        short_side: int = 256,
-        crop_size: int = 224,
+        fps: float = FPS,
+        short_side: int = SHORT_SIDE,
+        crop_size: int = CROP_SIZE,
         seed: int = 0,
         flip: bool = True,
         modality: str = "rgb",
@@ -367,7 +372,8 @@ class VideoClips(Dataset):
             return self._to_tensor(clip), label, index
         if self.eval_windows == "center":
             start = temporal_window(len(frames), self.clip_frames, None)
-            return self._to_tensor(_crop(frames[start : start + self.clip_frames], self.crop_size, None, path)), label, index
+            clip = _crop(frames[start : start + self.clip_frames], self.crop_size, None, path)
+            return self._to_tensor(clip), label, index
         windows = [
             _crop(frames[s : s + self.clip_frames], self.crop_size, None, path)
             for s in range(0, len(frames) - self.clip_frames + 1, self.clip_frames)
@@ -385,3 +391,38 @@ def collate_windows(batch):
     counts = [c.shape[0] if c.dim() == 5 else 1 for c in clips]
     flat = torch.cat([c if c.dim() == 5 else c.unsqueeze(0) for c in clips])
     return flat, torch.tensor(labels), torch.tensor(indices), torch.tensor(counts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running a data set through a DataLoader
+# ---------------------------------------------------------------------------------------------------
+
+
+def iterate_batches(loader: DataLoader):
+    """Iterate ``loader``; an error raised in a decoding worker comes back as its own one-line message.
+
+    DataLoader re-raises a worker's exception with the worker's whole traceback as the message; the CLI
+    would print all of it on one line. The original message ends that traceback.
+    """
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except I3DError as exc:
+            text = str(exc)
+            if "Original Traceback" not in text:
+                raise
+            # I3DError keeps messages on one line, so the traceback is flattened: cut after its last
+            # "module.Class: " marker.
+            marker = f"{type(exc).__module__}.{type(exc).__name__}: "
+            original = text.rsplit(marker, 1)[-1] if marker in text else text
+            raise type(exc)(original) from None
+        yield batch
+
+
+def decoding_worker_init(_worker_id: int) -> None:
+    """``worker_init_fn`` of the loaders: one thread per worker."""
+    # Decoding is the work of a worker; one thread each avoids oversubscribing the cores.
+    torch.set_num_threads(1)

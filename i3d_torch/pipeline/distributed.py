@@ -1,8 +1,11 @@
-"""Running one job on several processes (``torchrun``): who am I, how many are we, and which inputs are mine.
+"""Running one job on several processes (``torchrun``): who am I, how many are we, which inputs are mine,
+and the collectives that keep the ranks in step.
 
-Shared by ``features``, fine-tuning and FVD so that every command shards work the same way. Without
-``torchrun`` (no ``WORLD_SIZE`` in the environment) everything here degrades to a single process: rank 0
-of 1, :func:`barrier` is a no-op, :func:`shard` returns the whole list.
+Shared by ``features``, fine-tuning and FVD so that every command shards work the same way; the
+synchronised BatchNorm of I3D (:class:`SyncBatchNorm3dNoScale`) and the object gathering that fine-tuning
+uses live here too, beside the process group they talk over. Without ``torchrun`` (no ``WORLD_SIZE`` in
+the environment) everything here degrades to a single process: rank 0 of 1, :func:`barrier` is a no-op,
+:func:`shard` returns the whole list, :func:`gather_objects` a one-item list.
 
 Launch::
 
@@ -21,6 +24,9 @@ from typing import Iterator, List, Optional, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from i3d_torch.core.model import BatchNorm3dNoScale
 
 T = TypeVar("T")
 
@@ -143,3 +149,84 @@ def all_ranks_ok(ok: bool) -> bool:
         flag = flag.cuda()
     dist.all_reduce(flag, op=dist.ReduceOp.SUM)
     return int(flag.item()) == 0
+
+
+def gather_objects(obj) -> list:
+    """``obj`` from every rank, in rank order (a collective; a one-item list in a single process)."""
+    if not is_distributed() or not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synchronised BatchNorm
+# ---------------------------------------------------------------------------------------------------
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over all ranks, differentiable: the gradient of a sum shared by every rank is the sum of the
+    ranks' gradients, so the backward pass all-reduces too."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over all ranks, with gradients that flow back to every rank."""
+    return _AllReduceSum.apply(tensor)
+
+
+class SyncBatchNorm3dNoScale(BatchNorm3dNoScale):
+    """I3D's BatchNorm (no scale, learned offset ``bias``) with batch statistics over all processes.
+
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` would rebuild these layers without their offset
+    (they are ``affine=False`` with a separate ``bias``), and PyTorch's SyncBatchNorm runs on GPUs only.
+    This one reduces sums across the process group with autograd-aware collectives, so it works on Gloo
+    (CPU) and NCCL (GPU) alike and its gradients flow through the shared statistics. In eval mode, or in a
+    single process, it is exactly :class:`BatchNorm3dNoScale`. State-dict keys are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        channels = x.shape[1]
+        shape = (1, channels, 1, 1, 1)
+        # Statistics in at least float32 (autocast may hand us half precision), as F.batch_norm does.
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        local = torch.cat([xf.sum(dim=(0, 2, 3, 4)), xf.new_tensor([x.numel() / channels])])
+        total = all_reduce(local)  # sum over ranks of [per-channel sums, count]
+        count = total[-1]
+        mean = total[:channels] / count
+        centred = xf - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dim=(0, 2, 3, 4))) / count  # biased, as in normalisation
+        out = centred * torch.rsqrt(var + self.eps).view(shape) + self.bias.view(shape)
+        with torch.no_grad():
+            unbiased = var * (count / (count - 1).clamp(min=1))
+            self.running_mean.mul_(1 - self.momentum).add_(mean.detach(), alpha=self.momentum)
+            self.running_var.mul_(1 - self.momentum).add_(unbiased.detach(), alpha=self.momentum)
+            self.num_batches_tracked.add_(1)
+        return out.to(x.dtype)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every :class:`BatchNorm3dNoScale` by :class:`SyncBatchNorm3dNoScale`, keeping offsets and stats."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is BatchNorm3dNoScale:
+                synced = SyncBatchNorm3dNoScale(child.num_features).to(child.bias.device, child.bias.dtype)
+                synced.load_state_dict(child.state_dict())
+                synced.bias.requires_grad_(child.bias.requires_grad)
+                synced.train(child.training)
+                setattr(parent, child_name, synced)
+    return model
