@@ -66,7 +66,7 @@ def _run_cli(*args, timeout: int = 600, env: dict = None, cwd=REPO, **kwargs):
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a plain function: module-scoped fixtures can run the CLI too
 def run_cli():
     """The command line as a user runs it: ``run_cli("predict", path, "--top", 3)`` -> CompletedProcess."""
     return _run_cli

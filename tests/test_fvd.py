@@ -8,7 +8,6 @@ shared through module-scoped fixtures.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -22,25 +21,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i3d_torch.core.errors import I3DError, InputError
 from i3d_torch.apps.fvd import (
     PREPROCESSING,
     SmallSampleWarning,
     VideoSetStats,
     compute_stats,
     distance_between,
+    embedding_model,
     frechet_distance,
     fvd,
     fvd_model_input,
     kernel_distance,
+    mean_and_covariance,
+    model_sha256,
     resize_bilinear_tf1,
 )
+from i3d_torch.core.errors import I3DError, InputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from videogen import moving_shapes, write_frame_folder, write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-fvd_module = importlib.import_module("i3d_torch.apps.fvd")
 
 
 def _tf():
@@ -152,7 +153,8 @@ def test_frechet_distance_equals_eigenvalues_of_the_product_for_general_covarian
     assert frechet_distance(m1, c1, m2, c2) == pytest.approx(expected, rel=1e-9)
     scipy_linalg = pytest.importorskip("scipy.linalg", reason="scipy is optional")
     root = scipy_linalg.sqrtm(c1 @ c2).real
-    assert frechet_distance(m1, c1, m2, c2) == pytest.approx(np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * root), rel=1e-8)
+    expected = np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * root)
+    assert frechet_distance(m1, c1, m2, c2) == pytest.approx(expected, rel=1e-8)
 
 
 def test_frechet_distance_of_gaussian_samples_approaches_the_population_value():
@@ -174,12 +176,13 @@ def test_frechet_distance_matches_tfgan_on_rank_deficient_sets():
     rng = np.random.default_rng(5)
     real = rng.normal(size=(8, 400)).astype(np.float32) * 3
     fake = (rng.normal(size=(8, 400)) * 2 + 0.5).astype(np.float32)
-    real_mean, real_cov = fvd_module.mean_and_covariance(real)
-    fake_mean, fake_cov = fvd_module.mean_and_covariance(fake)
+    real_mean, real_cov = mean_and_covariance(real)
+    fake_mean, fake_cov = mean_and_covariance(fake)
     ours = frechet_distance(real_mean, real_cov, fake_mean, fake_cov)
     assert ours == pytest.approx(tfgan_frechet_distance(real, fake), rel=1e-6)
     # Identical sets: the covariance terms (trace ~ 3600 here) cancel to rounding.
-    assert frechet_distance(real_mean, real_cov, real_mean, real_cov) == pytest.approx(0.0, abs=1e-6 * np.trace(real_cov))
+    identical = frechet_distance(real_mean, real_cov, real_mean, real_cov)
+    assert identical == pytest.approx(0.0, abs=1e-6 * np.trace(real_cov))
 
 
 def test_kernel_distance_is_the_unbiased_polynomial_mmd():
@@ -194,7 +197,8 @@ def test_kernel_distance_averages_blocks_like_tfgan():
     rng = np.random.default_rng(7)
     x, y = rng.normal(size=(11, 6)), rng.normal(size=(10, 6))
     value, std = kernel_distance(x, y, max_block_size=4)  # 3 blocks: real 3,4,4 and fake 3,3,4 videos
-    blocks = [direct_unbiased_mmd(x[a:b], y[c:e]) for (a, b), (c, e) in zip([(0, 3), (3, 7), (7, 11)], [(0, 3), (3, 6), (6, 10)])]
+    real_blocks, fake_blocks = [(0, 3), (3, 7), (7, 11)], [(0, 3), (3, 6), (6, 10)]
+    blocks = [direct_unbiased_mmd(x[a:b], y[c:e]) for (a, b), (c, e) in zip(real_blocks, fake_blocks)]
     assert value == pytest.approx(np.mean(blocks), rel=1e-10)
     assert std == pytest.approx(np.std(blocks, ddof=1) / np.sqrt(3), rel=1e-10)
 
@@ -246,7 +250,8 @@ def test_a_set_of_one_video_is_refused_with_the_count_needed():
 def test_sets_with_different_frame_counts_are_refused():
     rng = np.random.default_rng(8)
     with pytest.raises(InputError, match="real videos have 9 frames and the fake ones 12"):
-        fvd(rng.integers(0, 256, (3, 9, 8, 8, 3), dtype=np.uint8), rng.integers(0, 256, (3, 12, 8, 8, 3), dtype=np.uint8), model=TinyEmbedder())
+        real = rng.integers(0, 256, (3, 9, 8, 8, 3), dtype=np.uint8)
+        fvd(real, rng.integers(0, 256, (3, 12, 8, 8, 3), dtype=np.uint8), model=TinyEmbedder())
 
 
 def test_frames_option_takes_the_first_frames_of_each_video():
@@ -262,13 +267,14 @@ def test_frames_option_takes_the_first_frames_of_each_video():
 def test_small_sets_warn_that_the_covariance_is_rank_deficient():
     rng = np.random.default_rng(10)
     with pytest.warns(SmallSampleWarning, match="full rank needs at least 9"):
-        result = fvd(rng.integers(0, 256, (4, 9, 8, 8, 3), dtype=np.uint8), rng.integers(0, 256, (4, 9, 8, 8, 3), dtype=np.uint8), model=TinyEmbedder())
+        real, fake = (rng.integers(0, 256, (4, 9, 8, 8, 3), dtype=np.uint8) for _ in range(2))
+        result = fvd(real, fake, model=TinyEmbedder())
     assert result.fvd > 0 and np.isfinite(result.fvd)
 
 
 def test_distance_is_independent_of_batch_size_and_input_type():
     rng = np.random.default_rng(11)
-    a, b = rng.integers(0, 256, (5, 9, 12, 10, 3), dtype=np.uint8), rng.integers(0, 256, (5, 9, 12, 10, 3), dtype=np.uint8)
+    a, b = (rng.integers(0, 256, (5, 9, 12, 10, 3), dtype=np.uint8) for _ in range(2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SmallSampleWarning)
         one = fvd(a, b, model=TinyEmbedder(), batch_size=1)
@@ -320,7 +326,8 @@ def test_stats_cache_of_other_weights_is_refused(tmp_path):
 
 
 def test_stats_cache_of_other_preprocessing_is_refused(tmp_path):
-    stats = VideoSetStats(np.random.default_rng(14).normal(size=(3, 8)), 9, "TinyEmbedder", fvd_module.model_sha256(TinyEmbedder()))
+    embeddings = np.random.default_rng(14).normal(size=(3, 8))
+    stats = VideoSetStats(embeddings, 9, "TinyEmbedder", model_sha256(TinyEmbedder()))
     stats.preprocessing = {**PREPROCESSING, "half_pixel_centers": True}
     stats.save(tmp_path / "s.npz")
     with pytest.raises(InputError, match="other preprocessing"):
@@ -398,10 +405,8 @@ def test_empty_folder_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _cli(*args, cwd=None):
-    env = {**os.environ, "I3D_TORCH_OFFLINE": "1"}
-    env.pop("I3D_TORCH_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "i3d_torch", "fvd", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+#: Offline, and without I3D_TORCH_DEBUG (an empty value is unset for the CLI), so errors are the user's one line.
+CLI_ENV = {"I3D_TORCH_OFFLINE": "1", "I3D_TORCH_DEBUG": ""}
 
 
 @pytest.fixture(scope="module")
@@ -431,31 +436,34 @@ def cli_sets(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def single_process_cli(cli_sets, random_weights, tmp_path_factory):
+def single_process_cli(cli_sets, random_weights, tmp_path_factory, run_cli):
     cache = tmp_path_factory.mktemp("cli_cache") / "real_stats.npz"
-    run = _cli(*cli_sets, "--json", "--kvd", "--weights", random_weights, "--cache-stats", cache, "--batch-size", "2")
+    options = ["--json", "--kvd", "--weights", random_weights, "--cache-stats", cache, "--batch-size", "2"]
+    run = run_cli("fvd", *cli_sets, *options, env=CLI_ENV)
     assert run.returncode == 0, run.stderr
     return run, cache
 
 
 @pytest.mark.slow
-def test_cli_folder_against_npy_with_cache_and_kvd(cli_sets, single_process_cli, random_weights):
+def test_cli_folder_against_npy_with_cache_and_kvd(cli_sets, single_process_cli, random_weights, run_cli):
     first, cache = single_process_cli
     result = json.loads(first.stdout)
     assert result["n_real"] == 3 and result["n_fake"] == 3 and result["frames"] == 9
     assert result["fvd"] > 0 and "kvd" in result
     assert "rank-deficient" in first.stderr and "Traceback" not in first.stderr
     # The cache stands in for the folder: same FVD without decoding or embedding it again.
-    second = _cli(cache, cli_sets[1], "--json", "--weights", random_weights)
+    second = run_cli("fvd", cache, cli_sets[1], "--json", "--weights", random_weights, env=CLI_ENV)
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["fvd"] == pytest.approx(result["fvd"], rel=1e-12)
 
 
 @pytest.mark.slow
 def test_cli_under_torchrun_prints_the_single_process_result_once(cli_sets, single_process_cli, random_weights):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(30500 + os.getpid() % 1000),
-               "-m", "i3d_torch", "fvd", *map(str, cli_sets), "--json", "--kvd", "--weights", str(random_weights), "--batch-size", "2"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(30500 + os.getpid() % 1000), "-m", "i3d_torch", "fvd", *map(str, cli_sets),
+               "--json", "--kvd", "--weights", str(random_weights), "--batch-size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1  # rank 0 prints; rank 1 does not
@@ -475,12 +483,12 @@ def test_cli_under_torchrun_prints_the_single_process_result_once(cli_sets, sing
     ],
     ids=["empty-folder", "missing", "float-npy-0-255"],
 )
-def test_cli_errors_are_one_line_without_traceback(tmp_path, make, message):
+def test_cli_errors_are_one_line_without_traceback(tmp_path, make, message, run_cli):
     (tmp_path / "empty").mkdir()
     source = make(tmp_path)
     good = tmp_path / "good.npy"
     np.save(good, np.zeros((3, 9, 8, 8, 3), np.uint8))
-    result = _cli(source, good, "--weights", "rgb_kinetics400")
+    result = run_cli("fvd", source, good, "--weights", "rgb_kinetics400", env=CLI_ENV)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -502,7 +510,8 @@ def _write_set(folder: Path, seeds, frames=16, height=60, width=84) -> Path:
     for seed in seeds:
         # MPEG-4 part 2 (lossy): libx264 here is not bit-deterministic from run to run, and the FVD measured
         # in docs/fvd.md should be reproducible.
-        write_video(folder / f"video{seed:02d}.mp4", moving_shapes(frames, height, width, seed=seed), fps=25, codec="mpeg4")
+        clip = moving_shapes(frames, height, width, seed=seed)
+        write_video(folder / f"video{seed:02d}.mp4", clip, fps=25, codec="mpeg4")
     return folder
 
 
@@ -548,7 +557,8 @@ def _assert_fvd_agrees(torch_stats, tf_logits, encoded_sets, label):
         ours = distance_between(real, fake)
     expected, tf_real, tf_fake = tf_pipeline_fvd(tf_logits, *encoded_sets)
     embedding_diff = max(np.abs(real.embeddings - tf_real).max(), np.abs(fake.embeddings - tf_fake).max())
-    print(f"FVD torch {ours.fvd:.6f} {label} {expected:.6f} rel {abs(ours.fvd - expected) / expected:.2e}; max |logit diff| {embedding_diff:.2e}")
+    relative = abs(ours.fvd - expected) / expected
+    print(f"FVD torch {ours.fvd:.6f} {label} {expected:.6f} rel {relative:.2e}; max |logit diff| {embedding_diff:.2e}")
     np.testing.assert_allclose(real.embeddings, tf_real, rtol=0, atol=1e-3)
     np.testing.assert_allclose(fake.embeddings, tf_fake, rtol=0, atol=1e-3)
     assert ours.fvd > 1.0  # different videos: a distance well above rounding
@@ -563,7 +573,8 @@ def test_fvd_equals_the_tensorflow_reference_pipeline(encoded_sets, torch_stats_
     from i3d_torch.verification.tf_reference import TFInceptionI3d
 
     tf_model = TFInceptionI3d(source_for_weights(rgb_model.weights_info).variables)
-    _assert_fvd_agrees(torch_stats_of_encoded_sets, lambda clip: tf_model.logits(clip).numpy(), encoded_sets, "TF reference")
+    tf_logits = lambda clip: tf_model.logits(clip).numpy()  # noqa: E731
+    _assert_fvd_agrees(torch_stats_of_encoded_sets, tf_logits, encoded_sets, "TF reference")
 
 
 @pytest.fixture(scope="module")
@@ -663,6 +674,22 @@ def test_fvd_grows_as_the_set_is_corrupted(corrupt, cricket_clips, cricket_stats
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+def test_fvd_from_weights_uses_one_model_per_process_and_equals_an_explicit_model(random_weights):
+    from i3d_torch.weights.registry import load_model
+
+    rng = np.random.default_rng(21)
+    real, fake = (rng.integers(0, 256, (3, 9, 16, 16, 3), dtype=np.uint8) for _ in range(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        from_weights = fvd(real, fake, weights=random_weights)
+        explicit = fvd(real, fake, model=load_model(random_weights))
+    assert embedding_model(random_weights) is embedding_model(random_weights)  # loaded once, then shared
+    assert from_weights.model_sha256 == explicit.model_sha256
+    # The same weights through the same code: equal but for rounding of identical float32 work.
+    torch.testing.assert_close(from_weights.fvd, explicit.fvd, rtol=1e-9, atol=0.0)
+
+
 PACKAGE_LEVEL_SCRIPT = """
 import warnings, numpy as np, torch, i3d_torch
 warnings.simplefilter("ignore")
@@ -671,8 +698,10 @@ class Mean(torch.nn.Module):
         return x.mean(dim=(3, 4)).flatten(1)
 rng = np.random.default_rng(0)
 a, b = (rng.integers(0, 256, (3, 9, 8, 8, 3), dtype=np.uint8) for _ in range(2))
-first = i3d_torch.fvd(a, b, model=Mean())   # before the submodule is imported: the lazy attribute
-second = i3d_torch.fvd(a, b, model=Mean())  # after: the package attribute is now the module itself
+first = i3d_torch.fvd(a, b, model=Mean())  # before the application is imported: the lazy attribute
+import i3d_torch.apps.fvd  # noqa: E402
+assert i3d_torch.fvd is i3d_torch.apps.fvd.fvd  # the function, never the package that holds it
+second = i3d_torch.fvd(a, b, model=Mean())
 print(float(first), float(second))
 """
 
@@ -705,9 +734,12 @@ with distributed.process_group("cpu"):
 
 def _torchrun(tmp_path, source, cache):
     script = tmp_path / "sharded.py"
-    script.write_text(SHARDED_SCRIPT.format(tests=str(Path(__file__).resolve().parent), source=str(source), cache=str(cache)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000), str(script)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    tests = str(Path(__file__).resolve().parent)
+    script.write_text(SHARDED_SCRIPT.format(tests=tests, source=str(source), cache=str(cache)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(29500 + os.getpid() % 1000), str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.mark.slow
