@@ -19,16 +19,14 @@ import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
+from videogen import moving_shapes, write_frame_folder, write_video
 
-from i3d_torch.core.errors import InputError
 from i3d_torch.apps.features import MANIFEST, collect_inputs, extract_features, read_records, resolve_endpoint
-from i3d_torch.weights.registry import cached_model
+from i3d_torch.core.errors import InputError
 from i3d_torch.core.model import InceptionI3d
 from i3d_torch.core.transforms import rgb_to_model_input
 from i3d_torch.core.video import center_crop, read_video
-from i3d_torch.weights.registry import label_list, save_model
-
-from videogen import moving_shapes, write_frame_folder, write_video
+from i3d_torch.weights.registry import cached_model, label_list, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(short_side=32, crop_size=32, clip_frames=8, stride=4)
@@ -55,12 +53,6 @@ def videos(tmp_path_factory) -> Path:
     write_frame_folder(root / "frames", moving_shapes(6, 40, 40, seed=4))
     (root / "notes.txt").write_text("not a video")
     return root
-
-
-def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "i3d_torch", *args], capture_output=True, text=True, timeout=600, cwd=REPO, **kwargs
-    )
 
 
 def manifest_records(out: Path) -> list:
@@ -150,7 +142,7 @@ def test_logits_endpoint_gives_time_averaged_logits(tmp_path, weights):
 # -- failures and resume -----------------------------------------------------------------------------
 
 
-def test_bad_file_is_recorded_and_the_run_goes_on_then_exits_nonzero(videos, weights, tmp_path):
+def test_bad_file_is_recorded_and_the_run_goes_on_then_exits_nonzero(videos, weights, tmp_path, run_cli):
     listing = tmp_path / "list.txt"
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"garbage" * 20)
@@ -194,7 +186,7 @@ def _outputs(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_results_as_an_uninterrupted_run(tmp_path, weights):
+def test_killed_run_resumes_to_the_same_results_as_an_uninterrupted_run(tmp_path, weights, run_cli):
     videos = tmp_path / "videos"
     videos.mkdir()
     for i in range(4):  # long enough (several windows each) that the kill lands mid-run
@@ -205,7 +197,9 @@ def test_killed_run_resumes_to_the_same_results_as_an_uninterrupted_run(tmp_path
 
     process = subprocess.Popen(
         [sys.executable, "-m", "i3d_torch", "features", str(videos), "--out", str(resumed), *args],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
     while not (resumed / MANIFEST).exists() or not (resumed / MANIFEST).read_text().strip():

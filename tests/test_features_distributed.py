@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
+from videogen import moving_shapes, write_video
 
-from i3d_torch.pipeline import distributed
 from i3d_torch.apps.features import MANIFEST, read_records
 from i3d_torch.core.model import InceptionI3d
+from i3d_torch.pipeline import distributed
 from i3d_torch.weights.registry import label_list, save_model
-
-from videogen import moving_shapes, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_ARGS = ["--short-side", "32", "--crop-size", "32", "--clip-frames", "8", "--quiet"]
@@ -47,7 +46,7 @@ def _npy_files(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_two_rank_torchrun_equals_a_single_process_run(tmp_path):
+def test_two_rank_torchrun_equals_a_single_process_run(tmp_path, run_cli):
     torch.manual_seed(0)
     weights = tmp_path / "random_rgb.safetensors"
     save_model(InceptionI3d().eval(), weights, categories=label_list("kinetics400"), name="random_rgb", modality="rgb")
@@ -56,10 +55,7 @@ def test_two_rank_torchrun_equals_a_single_process_run(tmp_path):
         write_video(videos / f"clip{i}.mp4", moving_shapes(count, 40, 48, seed=i), 25)
     args = ["features", str(videos), "--weights", str(weights), *SMALL_ARGS]
 
-    single = subprocess.run(
-        [sys.executable, "-m", "i3d_torch", *args, "--out", str(tmp_path / "single")],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
+    single = run_cli(*args, "--out", tmp_path / "single")
     assert single.returncode == 0, single.stderr
     multi = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -7,24 +7,23 @@ test); only the cricket test uses the real Kinetics-400 weights.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
+from videogen import moving_shapes, write_video
 
-from i3d_torch.apps import classify as inference
+from i3d_torch.apps.classify import classify
 from i3d_torch.core.errors import I3DError
-from i3d_torch.apps.classify import Windowing, classify, window_spans
 from i3d_torch.core.model import InceptionI3d
 from i3d_torch.core.transforms import flow_to_model_input, rgb_to_model_input
 from i3d_torch.core.video import clip_windows, crops
-from i3d_torch.weights.registry import cached_model, label_list, save_model
-
-from videogen import moving_shapes, write_video
+from i3d_torch.pipeline.batches import _with_flow, window_inputs
+from i3d_torch.pipeline.settings import ClipSettings, clip_settings
+from i3d_torch.pipeline.windows import Windowing, iter_windows, window_spans
+from i3d_torch.weights.registry import cached_model, get_weights, label_list, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 CRICKET_GIF = REPO / "i3d_torch" / "assets" / "v_CricketShot_g04_c01_rgb.gif"
@@ -60,12 +59,6 @@ def _reference_logits(model: InceptionI3d, clip: np.ndarray) -> np.ndarray:
         return model(rgb_to_model_input(clip)).numpy()
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "i3d_torch", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
-
-
 # -- windows -----------------------------------------------------------------------------------------
 
 
@@ -83,6 +76,18 @@ def test_default_windowing_is_whole_video_up_to_256_frames_then_64_every_32():
 
 def test_stride_defaults_to_half_a_window():
     assert window_spans(40, Windowing(16)) == [(0, 16), (8, 24), (16, 32), (24, 40)]
+
+
+def test_clip_settings_take_the_weights_preset_unless_the_user_overrides():
+    preset = get_weights("rgb_kinetics400").transforms()
+    default = clip_settings(preset, streams=["rgb"], min_frames={"rgb": 9})
+    assert (default.fps, default.short_side, default.crop_size) == (preset.fps, preset.short_side, preset.crop_size)
+    assert default == ClipSettings(min_frames={"rgb": 9})
+    custom = clip_settings(
+        preset, streams=["rgb"], min_frames={"rgb": 1}, fps=12.5, short_side=64, crop_size=48, clip_frames=16
+    )
+    assert (custom.fps, custom.short_side, custom.crop_size) == (12.5, 64, 48)
+    assert custom.windowing == Windowing(16) and custom.to_dict()["windowing"]["stride"] == 8
 
 
 # -- scores ------------------------------------------------------------------------------------------
@@ -179,11 +184,11 @@ def test_flow_window_carries_the_flows_between_its_own_frames():
     from i3d_torch.core.flow import video_flow
 
     frames = moving_shapes(5, 40, 48)
-    settings = inference.ClipSettings(short_side=40, crop_size=32, streams=("flow",), min_frames={"flow": 1})
-    items = list(inference._with_flow(iter(frames)))
-    (start, end, window), = [w for w in inference.iter_windows(items, Windowing(3, 2))][1:2]
+    settings = ClipSettings(short_side=40, crop_size=32, streams=("flow",), min_frames={"flow": 1})
+    items = list(_with_flow(iter(frames)))
+    ((start, end, window),) = [w for w in iter_windows(items, Windowing(3, 2))][1:2]
     assert (start, end) == (2, 5)
-    inputs = inference.window_inputs([f for f, _ in window], [fl for _, fl in window[1:]], settings, None, "clip")
+    inputs = window_inputs([f for f, _ in window], [fl for _, fl in window[1:]], settings, None, "clip")
     expected = flow_to_model_input(crops(video_flow(frames)[2:4], "center", 32)[0])
     assert inputs["flow"].shape == (1, 2, 2, 32, 32)
     assert_close(inputs["flow"], expected, rtol=0, atol=1e-6)
@@ -201,14 +206,14 @@ def test_flow_stream_logits_are_added_to_rgb_logits(tmp_path, rgb_weights, rgb_m
     result = classify(frames, weights=rgb_weights, flow=True, flow_weights=flow_weights)
     flows = video_flow(frames)[np.arange(9) % 2]  # 2 flows looped to the minimum 9
     with torch.no_grad():
-        expected = rgb_model_random(rgb_to_model_input(frames[np.arange(9) % 3])) + flow_model(flow_to_model_input(flows))
+        expected = rgb_model_random(rgb_to_model_input(frames[np.arange(9) % 3])) + flow_model(
+            flow_to_model_input(flows)
+        )
     assert_close(result.logits, expected[0].numpy(), **LOGIT_TOL)
     assert result.weights == {"rgb": "random_rgb", "flow": "random_flow"}
 
 
-def test_missing_flow_weights_error_tells_how_to_convert(tmp_path, rgb_weights):
-    from i3d_torch.weights.registry import get_weights
-
+def test_missing_flow_weights_error_tells_how_to_convert(tmp_path, rgb_weights, run_cli):
     if get_weights("flow_kinetics400").is_present():
         pytest.skip("flow_kinetics400 is converted on this machine")
     video = write_video(tmp_path / "clip.mp4", moving_shapes(3, 32, 32), 25)
@@ -221,13 +226,15 @@ def test_missing_flow_weights_error_tells_how_to_convert(tmp_path, rgb_weights):
 # -- command line ------------------------------------------------------------------------------------
 
 
-def test_bad_files_are_reported_one_line_each_and_the_rest_still_processed(tmp_path, rgb_weights):
+def test_bad_files_are_reported_one_line_each_and_the_rest_still_processed(tmp_path, rgb_weights, run_cli):
     good = write_video(tmp_path / "good.mp4", moving_shapes(10, 64, 80), 25)
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
     missing = tmp_path / "missing.mp4"
 
-    proc = run_cli("predict", str(broken), str(good), str(missing), "--weights", str(rgb_weights), "--json", "--top", "3")
+    proc = run_cli(
+        "predict", str(broken), str(good), str(missing), "--weights", str(rgb_weights), "--json", "--top", "3"
+    )
 
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
@@ -242,12 +249,33 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_still_processed(tmp_p
     assert "2 of 3 video(s) failed" in proc.stderr
 
 
-def test_per_window_table_lists_every_window(tmp_path, rgb_weights):
+def test_per_window_table_lists_every_window(tmp_path, rgb_weights, run_cli):
     video = write_video(tmp_path / "clip.mp4", moving_shapes(14, 64, 80), 25)
-    proc = run_cli("predict", str(video), "--weights", str(rgb_weights), "--clip-frames", "9", "--stride", "5", "--per-window")
+    proc = run_cli(
+        "predict", str(video), "--weights", str(rgb_weights), "--clip-frames", "9", "--stride", "5", "--per-window"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "clip.mp4  (14 frames at 25 fps, 2 windows, 0.56 s)" in proc.stdout
     assert "frames 0-9:" in proc.stdout and "frames 5-14:" in proc.stdout
+
+
+def test_timeline_averages_overlapping_window_steps_at_the_same_frame_then_softmaxes():
+    from i3d_torch.apps.classify import Classification, WindowResult
+    from i3d_torch.apps.timeline import timeline
+
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(size=(2, 3, 5))  # 3 steps x 5 classes per window
+    windows = [
+        WindowResult(0, 24, 0.0, 0.96, first.mean(0), first),  # steps at frames 8, 16, 24
+        WindowResult(8, 32, 0.32, 1.28, second.mean(0), second),  # steps at frames 16, 24, 32
+    ]
+    result = Classification("v", 32, 25.0, [], np.zeros(5, np.float32), windows, [f"c{i}" for i in range(5)])
+
+    seconds, probs = timeline(result)
+
+    assert_close(seconds, np.array([8, 16, 24, 32]) / 25.0, rtol=0, atol=1e-12)
+    expected = np.stack([first[0], (first[1] + second[0]) / 2, (first[2] + second[1]) / 2, second[2]])
+    assert_close(probs, torch.softmax(torch.from_numpy(expected), dim=-1).numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_plot_names_one_file_per_video():
@@ -258,7 +286,7 @@ def test_plot_names_one_file_per_video():
 
 
 @pytest.mark.slow
-def test_cricket_gif_is_playing_cricket_with_json_and_plot(tmp_path, rgb_model):
+def test_cricket_gif_is_playing_cricket_with_json_and_plot(tmp_path, rgb_model, run_cli):
     plot = tmp_path / "timeline.png"
     proc = run_cli("predict", str(CRICKET_GIF), "--json", "--plot", str(plot), "--top", "5")
     assert proc.returncode == 0, proc.stderr

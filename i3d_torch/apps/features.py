@@ -1,7 +1,7 @@
 """Extract I3D features of many videos: ``i3d-torch features`` and :func:`extract_features`.
 
-For each video (decoded, windowed and cropped exactly as ``predict`` does; see :mod:`i3d_torch.apps.classify`)
-the chosen endpoint is computed per window and written as two ``.npy`` files under the output folder,
+For each video (decoded, windowed and cropped exactly as ``predict`` does, by :mod:`i3d_torch.pipeline`) the
+chosen endpoint is computed per window and written as two ``.npy`` files under the output folder,
 mirroring the input's path relative to the input root (so names are deterministic and cannot collide):
 
 * ``REL.windows.npy``: one row per window, ``[num_windows, ...]``;
@@ -16,7 +16,6 @@ of the sorted list and writes ``manifest.rankR.jsonl``; rank 0 merges the parts 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,29 +26,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from i3d_torch.pipeline import distributed
+from i3d_torch.core.defaults import CROP_SIZE, DEFAULT_WEIGHTS
 from i3d_torch.core.errors import I3DError, InputError
 from i3d_torch.core.fileio import append_jsonl, atomic_open, sha256_file
-from i3d_torch.apps.classify import (
-    ClipSettings,
-    check_crop_for_logits,
-    Prefetcher,
-    VideoDone,
-    VideoFailed,
-    WindowBatch,
-    Windowing,
-    add_clip_arguments,
-    cached_model,
-    default_batch_size,
-    progress_bar,
-    produce_batches,
-    run_model,
-    unsupported_dtype,
-    weights_of,
-)
 from i3d_torch.core.model import ENDPOINTS
+from i3d_torch.pipeline import distributed
+from i3d_torch.pipeline.batches import VideoDone, VideoFailed, WindowBatch, produce_batches
+from i3d_torch.pipeline.prefetch import Prefetcher
+from i3d_torch.pipeline.running import default_batch_size, progress_bar, run_model, unsupported_dtype, weights_of
+from i3d_torch.pipeline.settings import check_crop_for_logits, clip_settings
+from i3d_torch.weights.registry import cached_model
 
-__all__ = ["extract_features", "collect_inputs", "resolve_endpoint", "ExtractionSummary", "add_arguments", "run"]
+__all__ = ["extract_features", "collect_inputs", "resolve_endpoint", "ExtractionSummary"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -311,7 +299,7 @@ def extract_features(
     inputs: Union[PathLike, Sequence[PathLike]],
     out_dir: PathLike,
     *,
-    weights: Any = "rgb_kinetics400",
+    weights: Any = DEFAULT_WEIGHTS,
     endpoint: str = "pooled",
     pool: bool = True,
     clip_frames: Optional[int] = None,
@@ -343,20 +331,24 @@ def extract_features(
         entry = weights_of(model, weights)
         if spec.endpoint not in model.endpoints:
             raise InputError(f"this model has no endpoint {spec.endpoint}")
-        preprocess = entry.preprocess()
+        transforms = entry.transforms()
         needs_logits = spec.endpoint in VECTOR_ENDPOINTS
-        settings = ClipSettings(
-            fps=float(fps or preprocess.fps),
-            short_side=int(short_side or preprocess.short_side),
-            crop=crop,
-            crop_size=int(crop_size or preprocess.crop_size),
-            windowing=Windowing(clip_frames, stride),
-            streams=(entry.modality,),
+        settings = clip_settings(
+            transforms,
+            streams=[entry.modality],
             min_frames={entry.modality: entry.min_frames if needs_logits else 1},
+            fps=fps,
+            short_side=short_side,
+            crop=crop,
+            crop_size=crop_size,
+            clip_frames=clip_frames,
+            stride=stride,
         )
         if needs_logits:
             check_crop_for_logits(
-                settings, f"the {spec.name} endpoint (the logits head)", "use the default 224 or a feature endpoint such as pooled"
+                settings,
+                f"the {spec.name} endpoint (the logits head)",
+                f"use the default {CROP_SIZE} or a feature endpoint such as pooled",
             )
         config = {
             "endpoint": spec.name,
@@ -373,9 +365,23 @@ def extract_features(
         mine = distributed.shard(items)
         todo = [item for item in mine if item.rel not in done]
         part = out_dir / (MANIFEST if distributed.world_size() == 1 else f"manifest.rank{distributed.rank()}.jsonl")
-        summary = ExtractionSummary(str(out_dir), str(out_dir / MANIFEST), total=len(mine), skipped=len(mine) - len(todo))
+        summary = ExtractionSummary(
+            str(out_dir), str(out_dir / MANIFEST), total=len(mine), skipped=len(mine) - len(todo)
+        )
         context = {"model": entry.name, **config}
-        _extract(todo, out_dir, part, model, spec, settings, preprocess, batch_size or default_batch_size(device), context, summary, quiet)
+        _extract(
+            todo,
+            out_dir,
+            part,
+            model,
+            spec,
+            settings,
+            transforms.to_model_input,
+            batch_size or default_batch_size(device),
+            context,
+            summary,
+            quiet,
+        )
         distributed.barrier()
         if distributed.is_distributed() and distributed.is_main_process():
             merge_parts(out_dir)
@@ -401,12 +407,12 @@ def _items_of(inputs) -> List[InputItem]:
     return ordered
 
 
-def _extract(todo, out_dir, part, model, spec, settings, preprocess, batch_size, context, summary, quiet) -> None:
+def _extract(todo, out_dir, part, model, spec, settings, to_model_input, batch_size, context, summary, quiet) -> None:
     sources = [item.path for item in todo]
     per_window: Dict[int, List[np.ndarray]] = {}
     spans: Dict[int, List[Tuple[int, int]]] = {}
     model_errors: Dict[int, str] = {}  # videos the network could not take (e.g. too small for the head)
-    prefetcher = Prefetcher(produce_batches(sources, settings, preprocess, batch_size))
+    prefetcher = Prefetcher(produce_batches(sources, settings, to_model_input, batch_size))
     desc = f"features (rank {distributed.rank()})" if distributed.is_distributed() else "features"
     bar = progress_bar(quiet, desc, "video", len(todo))
     try:
@@ -446,7 +452,9 @@ def _extract(todo, out_dir, part, model, spec, settings, preprocess, batch_size,
         bar.close()
 
 
-def _write_outputs(item: InputItem, out_dir: Path, windows: np.ndarray, window_spans, event: VideoDone, settings, context) -> dict:
+def _write_outputs(
+    item: InputItem, out_dir: Path, windows: np.ndarray, window_spans, event: VideoDone, settings, context
+) -> dict:
     video = windows.mean(axis=0)
     _save_npy(out_dir / item.windows_output, windows.astype(np.float32))
     _save_npy(out_dir / item.output, video.astype(np.float32))
@@ -464,52 +472,3 @@ def _write_outputs(item: InputItem, out_dir: Path, windows: np.ndarray, window_s
         "frames": event.frames,
         "fps": settings.fps,
     }
-
-
-# ---------------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "I3D features of videos as .npy files (per window and averaged over the video) with a JSONL manifest. "
-        "Resumable; shard over processes with torchrun."
-    )
-    parser.add_argument("input", metavar="INPUT", help="a video, a folder (searched recursively) or a text file of paths")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
-    parser.add_argument(
-        "--endpoint",
-        default="pooled",
-        help="pooled (1024-d average of Mixed_5c, default), logits (time-averaged logits) or any endpoint name "
-        "(Mixed_4f, ...)",
-    )
-    parser.add_argument("--no-pool", action="store_true", help="keep raw endpoint maps [C, T, H, W] instead of averaging them")
-    add_clip_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    summary = extract_features(
-        args.input,
-        args.out,
-        weights=args.weights,
-        endpoint=args.endpoint,
-        pool=not args.no_pool,
-        clip_frames=args.clip_frames,
-        stride=args.stride,
-        crop=args.crop,
-        crop_size=args.crop_size,
-        short_side=args.short_side,
-        fps=args.fps,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        quiet=args.quiet,
-    )
-    rank = f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.is_distributed() else ""
-    print(
-        f"i3d-torch features{rank}: {summary.done} extracted, {summary.skipped} already done, {summary.failed} failed; "
-        f"manifest: {summary.manifest}",
-        file=sys.stderr,
-    )
-    return 1 if summary.failed else 0

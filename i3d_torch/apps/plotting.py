@@ -1,7 +1,8 @@
 """Pictures of results: the timeline of class probabilities over a video (``i3d-torch predict --plot``).
 
-matplotlib is an optional dependency (``pip install i3d-torch[plot]``); it is imported only here, with the
-non-interactive Agg backend so plotting works on servers without a display.
+This module only draws; the numbers come from :func:`i3d_torch.apps.timeline.timeline`. matplotlib is an
+optional dependency (``pip install i3d-torch[plot]``); it is imported only here, with the non-interactive Agg
+backend so plotting works on servers without a display.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-import numpy as np
-
+from i3d_torch.apps.timeline import timeline
 from i3d_torch.core.errors import InputError
 from i3d_torch.core.fileio import atomic_path
 
@@ -32,29 +32,6 @@ def _pyplot():
     return plt
 
 
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def timeline(result: "Classification") -> tuple:
-    """``(seconds [P], probabilities [P, K])``: the network's per-time logits of every window (one step per
-    8 frames), averaged where overlapping windows give the same frame, then softmaxed. Windows without
-    per-time logits contribute their logits at their centre."""
-    by_frame: dict = {}
-    for w in result.windows:
-        if w.time_logits is not None and len(w.time_logits):
-            points = zip(w.time_points().tolist(), w.time_logits)
-        else:
-            points = [((w.start + w.end) / 2, w.logits)]
-        for frame, logits in points:
-            by_frame.setdefault(frame, []).append(np.asarray(logits, dtype=np.float64))
-    frames = sorted(by_frame)
-    logits = np.stack([np.mean(by_frame[f], axis=0) for f in frames])
-    return np.asarray(frames, dtype=np.float64) / result.fps, softmax(logits)
-
-
 def plot_timeline(result: "Classification", path: PathLike, top_k: int = 5) -> Path:
     """Draw the probability of the video's ``top_k`` classes over time; write a PNG atomically.
 
@@ -72,7 +49,9 @@ def plot_timeline(result: "Classification", path: PathLike, top_k: int = 5) -> P
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100)
     try:
         for index in classes:
-            ax.plot(seconds, probs[:, index], marker="o", markersize=3, label=f"{labels[index]} ({result.probs[index]:.2f})")
+            ax.plot(
+                seconds, probs[:, index], marker="o", markersize=3, label=f"{labels[index]} ({result.probs[index]:.2f})"
+            )
         for i, w in enumerate(result.windows):
             band = 0.02 + 0.015 * (i % 2)  # alternate heights so overlapping windows stay distinguishable
             ax.axvspan(w.start_s, w.end_s, ymin=band - 0.015, ymax=band, color="0.5", alpha=0.4, linewidth=0)

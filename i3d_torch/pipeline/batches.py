@@ -1,0 +1,195 @@
+"""Frames in, batches of model inputs out: the decoding side of ``predict`` and ``features``.
+
+A source (a video path, a frame folder, or a uint8 array already at the target fps and size) is decoded,
+cut into windows (:mod:`i3d_torch.pipeline.windows`), looped to the model's minimum length, cropped and
+mapped to the model's value range per stream (RGB, and TV-L1 flow between the window's own frames). Windows
+of one video with equal input shapes are stacked into :class:`WindowBatch` events, followed by
+:class:`VideoDone`, or :class:`VideoFailed` at the first error, so one bad input never stops a run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from i3d_torch.core.errors import I3DError, InputError, VideoError
+from i3d_torch.core.transforms import flow_to_model_input
+from i3d_torch.pipeline.settings import ClipSettings
+from i3d_torch.pipeline.windows import iter_windows
+
+__all__ = [
+    "Source",
+    "VideoDone",
+    "VideoFailed",
+    "WindowBatch",
+    "as_i3d_error",
+    "produce_batches",
+    "source_name",
+    "window_inputs",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Source = Union[PathLike, np.ndarray]
+#: The value mapping of resized and cropped RGB frames: the weights' ``transforms().to_model_input``.
+ToModelInput = Callable[[np.ndarray], torch.Tensor]
+
+
+def source_name(source: Source) -> str:
+    return "<frames>" if isinstance(source, np.ndarray) else os.fspath(source)
+
+
+def _frames_of(source: Source, settings: ClipSettings) -> Iterator[np.ndarray]:
+    """uint8 RGB frames ``[H, W, 3]`` of a video path (decoded at ``fps``, short side resized) or of an
+    array (used as given: already at the target fps and size)."""
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 4 or source.shape[-1] != 3:
+            raise InputError(f"frames must be uint8 [T, H, W, 3] RGB, got {source.dtype} {tuple(source.shape)}")
+        if len(source) == 0:
+            raise InputError("frames: the array has no frames")
+        return iter(source)
+    from i3d_torch.core.video import iter_frames
+
+    return iter_frames(source, fps=settings.fps, short_side=settings.short_side)
+
+
+def _with_flow(frames: Iterator[np.ndarray]) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray]]]:
+    """Pair each frame with the TV-L1 flow from the previous frame into it (None for the first), so that a
+    window of frames ``[s, e)`` carries the ``e - s - 1`` flows between its own frames."""
+    from i3d_torch.core.flow import TVL1Flow
+
+    tvl1 = TVL1Flow()
+    for frame in frames:
+        yield frame, tvl1.push(frame)
+
+
+def _crop_all(clip: np.ndarray, settings: ClipSettings) -> List[np.ndarray]:
+    from i3d_torch.core.video import crops
+
+    return crops(clip, mode=settings.crop, size=settings.crop_size)
+
+
+def _loop(clip: np.ndarray, min_frames: int) -> np.ndarray:
+    if len(clip) >= min_frames:
+        return clip
+    from i3d_torch.core.video import loop_to_length
+
+    return loop_to_length(clip, min_frames)
+
+
+def window_inputs(
+    frames: Sequence[np.ndarray],
+    flows: Optional[Sequence[np.ndarray]],
+    settings: ClipSettings,
+    to_model_input: ToModelInput,
+    name: str,
+) -> Dict[str, torch.Tensor]:
+    """One window's model inputs per stream: ``{"rgb": [crops, 3, T, H, W], "flow": [crops, 2, T-1, H, W]}``."""
+    inputs = {}
+    if "rgb" in settings.streams:
+        clip = _loop(np.stack(frames), settings.min_frames["rgb"])
+        inputs["rgb"] = to_model_input(np.stack(_crop_all(clip, settings)))
+    if "flow" in settings.streams:
+        if not flows:
+            raise VideoError("too short for optical flow: a window needs at least 2 frames", name)
+        clip = _loop(np.stack(flows), settings.min_frames["flow"])
+        inputs["flow"] = flow_to_model_input(np.stack(_crop_all(clip, settings)))
+    return inputs
+
+
+# -- events from the decoding thread ----------------------------------------------------------------
+
+
+@dataclass
+class WindowBatch:
+    """Consecutive windows of one video with equal input shapes, stacked for one forward pass."""
+
+    index: int
+    spans: List[Tuple[int, int]]
+    inputs: Dict[str, torch.Tensor]  # stream -> [windows * crops, C, T, H, W]
+    crops: int
+
+
+@dataclass
+class VideoDone:
+    index: int
+    frames: int
+    decode_s: float
+
+
+@dataclass
+class VideoFailed:
+    index: int
+    error: I3DError
+    decode_s: float
+
+
+def as_i3d_error(exc: BaseException, name: str) -> I3DError:
+    """Any failure while reading one input, as a one-line I3DError naming it (so a batch run goes on)."""
+    if isinstance(exc, I3DError):
+        return exc if exc.path or name == "<frames>" else type(exc)(str(exc), name)
+    if isinstance(exc, OSError):
+        return VideoError(exc.strerror or str(exc), exc.filename or name)
+    return VideoError(f"{type(exc).__name__}: {exc}", name)
+
+
+def produce_batches(
+    sources: Sequence[Source], settings: ClipSettings, to_model_input: ToModelInput, batch_size: int
+) -> Iterator[Union[WindowBatch, VideoDone, VideoFailed]]:
+    """For each source in order: its window batches, then VideoDone, or VideoFailed at the first error.
+
+    Decode time excludes the time spent blocked handing results over (that is the model's time).
+    """
+    for index, source in enumerate(sources):
+        name = source_name(source)
+        decode_s = 0.0
+        started = time.perf_counter()
+        pending: List[Tuple[Tuple[int, int], Dict[str, torch.Tensor]]] = []
+        frames_seen = 0
+        try:
+            frames = _frames_of(source, settings)
+            items = _with_flow(frames) if "flow" in settings.streams else ((f, None) for f in frames)
+            for start, end, window in iter_windows(items, settings.windowing):
+                frames_seen = max(frames_seen, end)
+                flows = [flow for _, flow in window[1:]]
+                inputs = window_inputs([f for f, _ in window], flows, settings, to_model_input, name)
+                if pending and _shapes(pending[0][1]) != _shapes(inputs):
+                    decode_s += time.perf_counter() - started
+                    yield _stack(index, pending)
+                    started, pending = time.perf_counter(), []
+                pending.append(((start, end), inputs))
+                if len(pending) == batch_size:
+                    decode_s += time.perf_counter() - started
+                    yield _stack(index, pending)
+                    started, pending = time.perf_counter(), []
+            if frames_seen == 0:
+                raise VideoError("no frames decoded", name)
+            if pending:
+                decode_s += time.perf_counter() - started
+                yield _stack(index, pending)
+                started = time.perf_counter()
+            decode_s += time.perf_counter() - started
+            yield VideoDone(index, frames_seen, decode_s)
+        except Exception as exc:  # one bad input must not stop the batch
+            if os.environ.get("I3D_TORCH_DEBUG") and not isinstance(exc, I3DError):
+                raise
+            yield VideoFailed(index, as_i3d_error(exc, name), decode_s + time.perf_counter() - started)
+
+
+def _shapes(inputs: Dict[str, torch.Tensor]) -> Dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in inputs.items()}
+
+
+def _stack(index: int, pending) -> WindowBatch:
+    streams = pending[0][1].keys()
+    crops = next(iter(pending[0][1].values())).shape[0]
+    return WindowBatch(
+        index=index,
+        spans=[span for span, _ in pending],
+        inputs={s: torch.cat([inputs[s] for _, inputs in pending]) for s in streams},
+        crops=crops,
+    )
