@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i3d_torch.core.errors import ConversionError
 from i3d_torch.apps.inflate import inflate, inflated_model
+from i3d_torch.core.errors import ConversionError
 from i3d_torch.core.model import ENDPOINTS, INCEPTION_WIDTHS, InceptionI3d, same_padding
 
 BLOCKS = list(INCEPTION_WIDTHS)  # Mixed_3b ... Mixed_5c

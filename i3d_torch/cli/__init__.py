@@ -56,7 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (I3DError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+    except (I3DError, OSError) as exc:  # a full disk, a read-only folder, a missing file: one line, no traceback
         if os.environ.get("I3D_TORCH_DEBUG"):
             raise
         print(f"i3d-torch {args.command}: error: {one_line(exc)}", file=sys.stderr)
