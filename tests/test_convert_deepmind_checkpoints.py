@@ -12,7 +12,6 @@ The negative tests need no shared data: they build a checkpoint from the graph's
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +57,7 @@ def checkpoint_like(layout_map, scope, seed):
     rng = np.random.default_rng(seed + 1000)
     tensors = {}
     for name, (shape, dtype) in layout_map.items():
-        relative = name[len(lead):]
+        relative = name[len(lead) :]
         if name.startswith(lead) and relative in model_values:
             tensors[name] = model_values[relative].reshape(shape).astype(dtype)
         else:  # Momentum slots, global_step: training state the converter must skip
@@ -66,13 +65,8 @@ def checkpoint_like(layout_map, scope, seed):
     return tensors
 
 
-def run_convert(prefix: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "i3d_torch", "convert", str(prefix), "--out", str(out), *extra],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def run_convert(run_cli, prefix: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_cli("convert", prefix, "--out", out, *extra)
 
 
 def safetensors_metadata(path: Path) -> dict:
@@ -84,7 +78,7 @@ def safetensors_metadata(path: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_deepmind_checkpoint_layout_converts_to_a_model_equal_to_tf(layout, shared_data, tmp_path):
+def test_deepmind_checkpoint_layout_converts_to_a_model_equal_to_tf(layout, shared_data, tmp_path, run_cli):
     import i3d_torch
 
     modality, num_classes, scope = LAYOUTS[layout]
@@ -92,11 +86,15 @@ def test_deepmind_checkpoint_layout_converts_to_a_model_equal_to_tf(layout, shar
     prefix = write_tf1_checkpoint(checkpoint_like(layout_map, scope, seed=11), tmp_path / layout / "model.ckpt")
     # What we wrote is DeepMind's layout, name for name, shape for shape, dtype for dtype.
     written = tf.train.load_checkpoint(str(prefix))
-    assert {n: tuple(s) for n, s in written.get_variable_to_shape_map().items()} == {n: s for n, (s, _) in layout_map.items()}
-    assert {n: d.as_numpy_dtype for n, d in written.get_variable_to_dtype_map().items()} == {n: d for n, (_, d) in layout_map.items()}
+    assert {n: tuple(s) for n, s in written.get_variable_to_shape_map().items()} == {
+        n: s for n, (s, _) in layout_map.items()
+    }
+    assert {n: d.as_numpy_dtype for n, d in written.get_variable_to_dtype_map().items()} == {
+        n: d for n, (_, d) in layout_map.items()
+    }
 
     out = tmp_path / f"{layout}.safetensors"
-    result = run_convert(prefix, out, "--name", layout, "--verify-tf")  # the converter's own TF gate too
+    result = run_convert(run_cli, prefix, out, "--name", layout, "--verify-tf")  # the converter's own TF gate too
     assert result.returncode == 0, result.stderr
     slots = [n for n in layout_map if n.endswith("/Momentum")]
     if slots:  # the optimizer slots are skipped, and said to be
@@ -146,13 +144,13 @@ def spoil(tensors, problem):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("problem", ["missing", "unknown", "misshaped", "all"])
-def test_converter_refuses_a_checkpoint_that_does_not_fit_and_writes_nothing(problem, tmp_path):
+def test_converter_refuses_a_checkpoint_that_does_not_fit_and_writes_nothing(problem, tmp_path, run_cli):
     good = {LEAD + name: value for name, value in random_variables(seed=12).items()}
     assert set(good) == {LEAD + name for name in variable_shapes()}
     prefix = write_tf1_checkpoint(spoil(good, problem), tmp_path / "ckpt" / "model.ckpt")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    result = run_convert(prefix, out_dir / "converted.safetensors")
+    result = run_convert(run_cli, prefix, out_dir / "converted.safetensors")
 
     assert result.returncode != 0
     assert list(out_dir.iterdir()) == [], "the converter left a file behind"
@@ -161,6 +159,11 @@ def test_converter_refuses_a_checkpoint_that_does_not_fit_and_writes_nothing(pro
     errors = [line for line in result.stderr.splitlines() if line.startswith("i3d-torch convert: error:")]
     assert len(errors) == 1, result.stderr
     message = errors[0]
-    offenders = {"missing": [MISSING], "unknown": [UNKNOWN], "misshaped": [MISSHAPED], "all": [MISSING, UNKNOWN, MISSHAPED]}[problem]
+    offenders = {
+        "missing": [MISSING],
+        "unknown": [UNKNOWN],
+        "misshaped": [MISSHAPED],
+        "all": [MISSING, UNKNOWN, MISSHAPED],
+    }[problem]
     for name in offenders:
-        assert name[len(LEAD):] in message, f"{name} not named in: {message}"
+        assert name[len(LEAD) :] in message, f"{name} not named in: {message}"

@@ -19,20 +19,20 @@ import torch
 
 pytest.importorskip("tensorflow", reason="the TF reference needs TensorFlow (pip install 'i3d-torch[tf]')")
 
-from i3d_torch.weights.convert import tf_name_table, variables_to_state_dict  # noqa: E402
 from i3d_torch.core.errors import ConversionError  # noqa: E402
 from i3d_torch.core.model import ENDPOINTS, InceptionI3d  # noqa: E402
+from i3d_torch.core.transforms import rgb_to_model_input  # noqa: E402
 from i3d_torch.verification.parity import (  # noqa: E402
     LOGITS_ATOL,
+    comparable_endpoints,
     compare_arrays,
     compare_endpoints,
-    comparable_endpoints,
     run_both,
     source_for_weights,
     verify_against_tf,
 )
 from i3d_torch.verification.tf_reference import TFInceptionI3d, random_variables, variable_shapes  # noqa: E402
-from i3d_torch.core.transforms import rgb_to_model_input  # noqa: E402
+from i3d_torch.weights.convert import tf_name_table, variables_to_state_dict  # noqa: E402
 
 # What the GIF's palette quantisation costs against DeepMind's float input (measured: at most 1.85 on
 # DeepMind's top-20 logits, on "playing cricket"; mean 0.60; correlation 0.991), with a margin.
@@ -56,7 +56,8 @@ def random_clip(shape, seed=0):
 def assert_rows_within_bounds(rows):
     """Every endpoint within its bound; the logits also through assert_close with the stated tolerance."""
     report = "\n".join(
-        f"{r.endpoint}: max|diff| {r.max_abs_diff:.3g} (rel {r.max_rel_diff:.3g} of peak {r.peak:.3g}), bound {r.bound:.3g}"
+        f"{r.endpoint}: max|diff| {r.max_abs_diff:.3g} (rel {r.max_rel_diff:.3g} of peak {r.peak:.3g}), "
+        f"bound {r.bound:.3g}"
         for r in rows
     )
     assert all(r.ok for r in rows), "endpoints beyond bounds:\n" + report
@@ -165,6 +166,38 @@ def test_verify_against_tf_passes_a_correct_model_and_refuses_a_wrong_one():
         w.copy_(w.transpose(3, 4).clone())
     with pytest.raises(ConversionError, match="Conv3d_2c_3x3"):
         verify_against_tf(model, variables)
+
+
+def test_convert_and_verify_writes_only_what_agrees_with_tf(tmp_path, monkeypatch):
+    """The gate is in the verification layer: a converter slip (here: every 3x3x3 kernel's spatial axes
+    transposed) is caught before anything is written; the correct conversion is written, byte-identical to
+    plain conversion."""
+    import pickle
+
+    from test_convert import jax_tree_from_variables
+
+    import i3d_torch.weights.convert as convert_module
+    from i3d_torch.verification.parity import convert_and_verify
+    from i3d_torch.weights.convert import convert
+
+    variables = random_variables(seed=9)
+    source = tmp_path / "weights.ckpt"
+    source.write_bytes(pickle.dumps(jax_tree_from_variables(variables), protocol=4))
+    good = convert_and_verify(source, tmp_path / "good.safetensors", name="x", log=lambda _: None)
+    assert (
+        good.read_bytes() == convert(source, tmp_path / "plain.safetensors", name="x", log=lambda _: None).read_bytes()
+    )
+
+    layout = convert_module._to_torch_layout
+
+    def slipped(array, kind):
+        out = layout(array, kind)
+        return np.ascontiguousarray(out.swapaxes(3, 4)) if out.ndim == 5 and out.shape[2:] == (3, 3, 3) else out
+
+    monkeypatch.setattr(convert_module, "_to_torch_layout", slipped)
+    with pytest.raises(ConversionError, match=r"PyTorch differs from the TF reference: Conv3d_2c_3x3"):
+        convert_and_verify(source, tmp_path / "bad.safetensors", log=lambda _: None)
+    assert not (tmp_path / "bad.safetensors").exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_tf_reference_names_every_missing_or_misshaped_variable():

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,21 +17,17 @@ import torch
 
 tf = pytest.importorskip("tensorflow", reason="TF-Hub modules need TensorFlow (pip install 'i3d-torch[tf]')")
 
-from i3d_torch.weights.convert import convert, read_source  # noqa: E402
+from test_tf_reference_parity import published_rgb_scratch  # noqa: E402
+
+from i3d_torch.core.transforms import rgb_to_model_input  # noqa: E402
 from i3d_torch.verification.parity import LOGITS_ATOL, compare_logits, load_tfhub_module, tfhub_logits_function  # noqa: E402
 from i3d_torch.verification.tf_reference import TFInceptionI3d, random_variables  # noqa: E402
-from i3d_torch.core.transforms import rgb_to_model_input  # noqa: E402
-
-from test_tf_reference_parity import published_rgb_scratch  # noqa: E402
+from i3d_torch.weights.convert import convert, read_source  # noqa: E402
 
 
 def small_clip(in_channels=3, seed=0):
     """The smallest clip DeepMind's head accepts: 9 frames of 193 x 193."""
     return torch.rand(1, in_channels, 9, 193, 193, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "i3d_torch", *args], capture_output=True, text=True, timeout=600)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -67,7 +61,9 @@ def test_real_tfhub_module_fed_minus1_1_equals_pytorch_on_the_cricket_clip(tfhub
 def test_real_tfhub_module_gives_deepminds_published_top5(tfhub_cricket, rgb_model, shared_data):
     _, logits = tfhub_cricket
     labels = rgb_model.weights_info.categories
-    assert [labels[i] for i in np.argsort(-logits)[:5]] == [label for label, _, _ in published_rgb_scratch(shared_data)[:5]]
+    assert [labels[i] for i in np.argsort(-logits)[:5]] == [
+        label for label, _, _ in published_rgb_scratch(shared_data)[:5]
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,21 +114,35 @@ def test_model_converted_from_the_module_equals_the_modules_logits(exported):
 
 
 @pytest.mark.slow
-def test_parity_cli_passes_against_the_module_and_against_the_tf_reference(exported):
+def test_parity_cli_passes_against_the_module_and_against_the_tf_reference(exported, run_cli):
     _, module, converted = exported
-    hub_run = run_cli("parity", "--model", str(converted), "--tf-module", str(module), "--frames", "9", "--size", "193", "193", "--json")
+    hub_run = run_cli(
+        "parity",
+        "--model",
+        str(converted),
+        "--tf-module",
+        str(module),
+        "--frames",
+        "9",
+        "--size",
+        "193",
+        "193",
+        "--json",
+    )
     assert hub_run.returncode == 0, hub_run.stderr
     report = json.loads(hub_run.stdout)
     assert report["ok"] and [r["endpoint"] for r in report["rows"]] == ["Logits"]
     assert report["rows"][0]["max_abs_diff"] <= LOGITS_ATOL
 
-    ref_run = run_cli("parity", "--model", str(converted), "--source", str(module), "--frames", "9", "--size", "193", "193")
+    ref_run = run_cli(
+        "parity", "--model", str(converted), "--source", str(module), "--frames", "9", "--size", "193", "193"
+    )
     assert ref_run.returncode == 0, ref_run.stderr
     assert "Mixed_5c" in ref_run.stdout and "Predictions" in ref_run.stdout and " NO" not in ref_run.stdout
 
 
 @pytest.mark.slow
-def test_parity_cli_exits_1_naming_the_endpoints_when_the_model_differs(exported, tmp_path):
+def test_parity_cli_exits_1_naming_the_endpoints_when_the_model_differs(exported, tmp_path, run_cli):
     import i3d_torch
     from i3d_torch.weights.registry import save_model
 
@@ -140,8 +150,12 @@ def test_parity_cli_exits_1_naming_the_endpoints_when_the_model_differs(exported
     model = i3d_torch.load_model(converted)
     with torch.no_grad():
         model.Mixed_5b.Branch_0.Conv3d_0a_1x1.batch_norm.bias.add_(0.05)
-    spoiled = save_model(model, tmp_path / "spoiled.safetensors", categories=model.weights_info.categories, name="spoiled")
-    result = run_cli("parity", "--model", str(spoiled), "--source", str(module), "--frames", "9", "--size", "193", "193")
+    spoiled = save_model(
+        model, tmp_path / "spoiled.safetensors", categories=model.weights_info.categories, name="spoiled"
+    )
+    result = run_cli(
+        "parity", "--model", str(spoiled), "--source", str(module), "--frames", "9", "--size", "193", "193"
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     failed = [line for line in result.stderr.splitlines() if line.startswith("i3d-torch parity: FAILED")]

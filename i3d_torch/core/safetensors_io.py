@@ -20,7 +20,9 @@ from i3d_torch.core.fileio import atomic_path
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int64: "I64"}
 
 
-def save_safetensors(tensors: Dict[str, torch.Tensor], path: os.PathLike, metadata: Optional[Dict[str, str]] = None) -> None:
+def save_safetensors(
+    tensors: Dict[str, torch.Tensor], path: os.PathLike, metadata: Optional[Dict[str, str]] = None
+) -> None:
     """Write ``tensors`` (sorted by name) with string ``metadata`` atomically to ``path``."""
     header: Dict[str, object] = {}
     if metadata:
@@ -32,7 +34,11 @@ def save_safetensors(tensors: Dict[str, torch.Tensor], path: os.PathLike, metada
         if tensor.dtype not in _DTYPES:
             raise TypeError(f"unsupported dtype {tensor.dtype} for {name}")
         data = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")

