@@ -35,7 +35,7 @@ def main() -> None:
     #    are fetched and converted on first use, then cached (~/.cache/i3d_torch).
     model = i3d_torch.load_model("rgb_kinetics400", device=args.device)
     weights = model.weights_info
-    print(f"model: {weights.name}, {weights.num_classes} classes, input {weights.preprocess()}")
+    print(f"model: {weights.name}, {weights.num_classes} classes, input {weights.transforms()}")
 
     # 2. Decode the video the way the weights were trained: 25 fps, short side resized to 256 pixels.
     #    Frames are uint8 RGB [T, H, W, 3].

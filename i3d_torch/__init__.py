@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 from i3d_torch.core.model import ENDPOINTS, InceptionI3d
-from i3d_torch.core.transforms import Preprocess, flow_to_model_input, rgb_to_model_input
+from i3d_torch.core.transforms import Preprocess, VideoClassification, flow_to_model_input, rgb_to_model_input
 from i3d_torch.weights.registry import Weights, get_weights, list_weights, load_model, save_model
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "ENDPOINTS",
     "InceptionI3d",
     "Preprocess",
+    "VideoClassification",
     "Weights",
     "classify",
     "extract_features",
