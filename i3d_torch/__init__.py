@@ -1,8 +1,9 @@
 """i3d-torch: I3D (Carreira & Zisserman, CVPR 2017) in PyTorch, with DeepMind's weights proven equal to TF.
 
-The package exports the model, the weights API and the transforms; the applications (``classify``,
-``extract_features``, ``fvd``, ``finetune``, ``inflate``) are imported on first use, so that importing the
-model does not import the applications. The layers are described in ``docs/architecture.md``.
+The package exports the model, the weights API and the transforms, and the applications' entry points
+(``classify``, ``extract_features``, ``fvd``, ``finetune``, ``inflate``). Each is imported on first use
+(PEP 562), so that ``import i3d_torch.core.model`` loads the model alone: no backend, no application. The
+layers are described in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from i3d_torch.core.model import ENDPOINTS, InceptionI3d
-from i3d_torch.core.transforms import Preprocess, VideoClassification, flow_to_model_input, rgb_to_model_input
-from i3d_torch.weights.registry import Weights, get_weights, list_weights, load_model, save_model
-
 __version__ = "0.1.0"
 
-#: The applications' stable entry points: name -> module that defines it.
-_APPLICATIONS = {
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "ENDPOINTS": "i3d_torch.core.model",
+    "InceptionI3d": "i3d_torch.core.model",
+    "Preprocess": "i3d_torch.core.transforms",
+    "VideoClassification": "i3d_torch.core.transforms",
+    "flow_to_model_input": "i3d_torch.core.transforms",
+    "rgb_to_model_input": "i3d_torch.core.transforms",
+    "Weights": "i3d_torch.weights.registry",
+    "get_weights": "i3d_torch.weights.registry",
+    "list_weights": "i3d_torch.weights.registry",
+    "load_model": "i3d_torch.weights.registry",
+    "save_model": "i3d_torch.weights.registry",
     "classify": "i3d_torch.apps.classify",
     "extract_features": "i3d_torch.apps.features",
     "finetune": "i3d_torch.apps.finetune",
@@ -27,26 +35,13 @@ _APPLICATIONS = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _APPLICATIONS:
-        return getattr(importlib.import_module(_APPLICATIONS[name]), name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'i3d_torch' has no attribute {name!r}")
 
 
-__all__ = [
-    "ENDPOINTS",
-    "InceptionI3d",
-    "Preprocess",
-    "VideoClassification",
-    "Weights",
-    "classify",
-    "extract_features",
-    "finetune",
-    "flow_to_model_input",
-    "fvd",
-    "get_weights",
-    "inflate",
-    "list_weights",
-    "load_model",
-    "rgb_to_model_input",
-    "save_model",
-]
+def __dir__() -> list:
+    return sorted(list(globals()) + list(_EXPORTS))
+
+
+__all__ = sorted(_EXPORTS)

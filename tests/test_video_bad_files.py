@@ -199,6 +199,44 @@ def test_truncated_streamable_video_gives_the_frames_before_the_cut(tmp_path, ex
         assert shown[-1] - len(shown) < 4
 
 
+@pytest.mark.parametrize("fraction", [0.10, 0.50, 0.90])
+def test_a_video_cut_short_says_so_and_strict_refuses_it(tmp_path, fraction):
+    # Issue 17: a 10-second MKV cut at 10/50/90 % of its bytes gave 7/48/89 % of its frames without a word,
+    # though Matroska states the full duration. Decoding now compares what it got with what the container states.
+    path = write_video(tmp_path / "ten.mkv", moving_shapes(250, 48, 64), 25)
+    cut = video_bytes_fraction(path, fraction, tmp_path / f"cut{int(fraction * 100)}.mkv")
+    report = video.DecodeReport()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frames = list(video.iter_frames(cut, fps=25, report=report))
+    early = [w for w in caught if issubclass(w.category, video.TruncatedVideoWarning)]
+    assert len(early) == 1 and str(early[0].message).startswith(f"{cut}: video ends early: decoded ")
+    assert "of the 10.00 s its container states" in str(early[0].message)
+    assert report.ended_early and report.stated_seconds == 10.0 and report.decoded_frames == len(frames) < 250
+    assert report.to_dict()["complete"] is False
+    assert "video ends early" in read_error(cut, fps=25, strict=True)
+
+
+@pytest.mark.parametrize("ext", ["mkv", "mp4", "avi", "webm"])
+def test_a_whole_video_is_complete_and_raises_no_warning(tmp_path, ext):
+    path = write_video(tmp_path / f"ten.{ext}", moving_shapes(100, 48, 64), 25)
+    report = video.DecodeReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list(video.iter_frames(path, fps=25, report=report, strict=True))) == 100
+    assert report.finished and not report.ended_early and report.decoded_frames == 100
+    assert report.to_dict()["complete"] is True
+
+
+def test_stopping_early_on_purpose_is_not_a_truncated_video(tmp_path):
+    path = write_video(tmp_path / "ten.mkv", moving_shapes(100, 48, 64), 25)
+    report = video.DecodeReport()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list(video.iter_frames(path, fps=25, max_frames=10, report=report, strict=True))) == 10
+    assert not report.ended_early
+
+
 def test_mp4_cut_before_its_index_is_a_clear_error(tmp_path):
     """An MP4 written in one pass keeps its index (moov) at the end: any cut that loses it loses the file."""
     path = write_video(tmp_path / "full.mp4", moving_shapes(40, 48, 64), 25)

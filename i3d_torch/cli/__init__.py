@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 from i3d_torch.core.errors import I3DError
@@ -48,6 +49,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"i3d-torch {args.command}")
     module.add_arguments(command_parser)
     command_args = command_parser.parse_args(argv[1:])
+    if not os.environ.get("I3D_TORCH_DEBUG"):
+        # The command line owns its process: warnings print as one line each, like errors, without the source
+        # line Python's default format adds.
+        warnings.formatwarning = _one_line_warning(args.command)
     try:
         return int(module.run(command_args) or 0)
     except KeyboardInterrupt:
@@ -61,6 +66,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"i3d-torch {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line_warning(command: str):
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        return f"i3d-torch {command}: warning: {' '.join(str(message).split())}\n"
+
+    return format_warning
 
 
 def one_line(exc: BaseException) -> str:

@@ -61,6 +61,9 @@ MAX_ASPECT_RATIO = 16.0
 #: is checked before the decoder is started, and each decoded frame before it is converted to RGB, so a small
 #: damaged file whose header claims 16000x16000 cannot make the decoder allocate gigabytes (768 MB per RGB frame).
 MAX_FRAME_PIXELS = 8192 * 8192
+#: Share of a video's stated length (frames or seconds) that may be missing at the end before decoding is said to
+#: have ended early; containers round their durations, and a muxed audio track can outlast the video a little.
+EARLY_END_TOLERANCE = 0.05
 #: A jump between consecutive timestamps longer than this (seconds) is damage, not a long still frame.
 MAX_TIMESTAMP_GAP = 60.0
 #: Packets demuxed by :func:`probe` to measure the frame rate and detect variable frame rate.
@@ -100,6 +103,61 @@ class VideoInfo:
     rotation: int
     duration: Optional[float]
     variable_frame_rate: bool
+
+
+class TruncatedVideoWarning(UserWarning):
+    """A video whose decoding ended well before the length its container states (a file cut short)."""
+
+
+@dataclass
+class DecodeReport:
+    """How much of a video file decoding delivered, against what its container states.
+
+    Pass one to :func:`iter_frames` (``report=``); it is filled in when decoding reaches the end of the file
+    (not when the caller stops early). ``ended_early`` is True when the decoded part falls short of the stated
+    length by more than :data:`EARLY_END_TOLERANCE` of it and more than two frames: the sign of a truncated
+    download or a damaged index, which would otherwise classify a fraction of the video without a word.
+    """
+
+    decoded_frames: int = 0
+    decoded_seconds: Optional[float] = None
+    stated_frames: Optional[int] = None
+    stated_seconds: Optional[float] = None
+    finished: bool = False
+
+    @property
+    def ended_early(self) -> bool:
+        if not self.finished:
+            return False
+        if self.stated_frames and self.decoded_frames < self.stated_frames:
+            missing = self.stated_frames - self.decoded_frames
+            if missing > max(2, EARLY_END_TOLERANCE * self.stated_frames):
+                return True
+        if self.stated_seconds and self.decoded_seconds is not None and self.decoded_frames:
+            frame = self.decoded_seconds / self.decoded_frames
+            missing = self.stated_seconds - self.decoded_seconds
+            return missing > max(2 * frame, EARLY_END_TOLERANCE * self.stated_seconds)
+        return False
+
+    def describe(self) -> str:
+        """One line: what was decoded against what the container states."""
+        parts = []
+        if self.stated_seconds and self.decoded_seconds is not None:
+            share = 100 * self.decoded_seconds / self.stated_seconds
+            parts.append(f"{self.decoded_seconds:.2f} s of the {self.stated_seconds:.2f} s its container states")
+            parts.append(f"{share:.0f} %")
+        if self.stated_frames:
+            parts.append(f"{self.decoded_frames} of {self.stated_frames} frames")
+        return "video ends early: decoded " + ", ".join(parts) + " (truncated or damaged file?)"
+
+    def to_dict(self) -> dict:
+        return {
+            "complete": not self.ended_early,
+            "decoded_frames": self.decoded_frames,
+            "decoded_seconds": self.decoded_seconds,
+            "stated_frames": self.stated_frames,
+            "stated_seconds": self.stated_seconds,
+        }
 
 
 # --------------------------------------------------------------------------------------------- paths
@@ -255,7 +313,8 @@ def _check_frame_pixels(width: int, height: int, path: str) -> None:
 
 def _check_stated_size(stream: "av.video.stream.VideoStream", path: str) -> None:
     """Refuse a stream whose header states a frame larger than :data:`MAX_FRAME_PIXELS`, before decoding."""
-    width, height = stream.codec_context.width, stream.codec_context.height
+    context = stream.codec_context  # None when FFmpeg found no decoder parameters (a damaged header)
+    width, height = (context.width, context.height) if context is not None else (0, 0)
     if width and height and width * height > MAX_FRAME_PIXELS:
         limit = f"{MAX_FRAME_PIXELS / 1e6:.3g}-megapixel"
         raise VideoError(f"the header states a {width}x{height} frame, above the {limit} limit (damaged header?)", path)
@@ -415,11 +474,12 @@ def _nominal_step(stream: "av.video.stream.VideoStream") -> Fraction:
 
 
 def _decoded_video_frames(
-    container: "av.container.InputContainer", stream, path: str, short_side: Optional[int]
+    container: "av.container.InputContainer", stream, path: str, short_side: Optional[int], report: DecodeReport
 ) -> Iterator[_SourceFrame]:
     step = _nominal_step(stream)
     shaper: Optional[_FrameShaper] = None  # made at the first frame, which carries the rotation
     start: Optional[Fraction] = None
+    first_start: Optional[Fraction] = None
     index = packets = 0
     demuxed = container.demux(stream)
     demux_error: Optional[BaseException] = None
@@ -444,6 +504,10 @@ def _decoded_video_frames(
             start = _frame_start(frame, index, step, start)
             duration = frame.duration * Fraction(frame.time_base) if frame.duration and frame.time_base else None
             index += 1
+            if first_start is None:
+                first_start = start
+            report.decoded_frames = index
+            report.decoded_seconds = float(start + (duration or step) - first_start)
             yield _SourceFrame(start, duration, _loader(frame, shaper, path))
         if demux_error is not None:
             raise demux_error
@@ -473,16 +537,36 @@ def _loader(frame: "av.VideoFrame", shaper: _FrameShaper, path: str) -> Callable
     return load
 
 
-def _iter_video_file(path: str, fps: Optional[float], short_side: Optional[int]) -> Iterator[np.ndarray]:
+def _stated_length(container: "av.container.InputContainer", stream) -> Tuple[Optional[int], Optional[float]]:
+    """(frames, seconds) the container states for the video stream, each None where it states nothing."""
+    frames = stream.frames or None
+    seconds = None
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * Fraction(stream.time_base))
+    elif container.duration:  # Matroska/WebM state the segment's duration only (microseconds)
+        seconds = container.duration / av.time_base
+    return frames, seconds
+
+
+def _iter_video_file(
+    path: str, fps: Optional[float], short_side: Optional[int], report: DecodeReport, strict: bool
+) -> Iterator[np.ndarray]:
     container = _open_container(path)
     try:
         stream = _video_stream(container, path)
         _check_stated_size(stream, path)
+        report.stated_frames, report.stated_seconds = _stated_length(container, stream)
         stream.thread_type = "AUTO"  # frame + slice threads: decoding is the bottleneck at high resolution
-        decoded = _decoded_video_frames(container, stream, path, short_side)
+        decoded = _decoded_video_frames(container, stream, path, short_side, report)
         yield from _resample(decoded, fps, _nominal_step(stream), path)
     finally:
         container.close()
+    # Reached only when decoding ran to the end of the file (a caller that stops early closes the generator).
+    report.finished = True
+    if report.ended_early:
+        if strict:
+            raise VideoError(report.describe(), path)
+        warnings.warn(f"{path}: {report.describe()}", TruncatedVideoWarning, stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------ frame folders
@@ -569,6 +653,8 @@ def iter_frames(
     short_side: Optional[int] = 256,
     max_frames: Optional[int] = None,
     folder_fps: float = DEFAULT_FOLDER_FPS,
+    report: Optional[DecodeReport] = None,
+    strict: bool = False,
 ) -> Iterator[np.ndarray]:
     """Stream uint8 RGB frames ``[H, W, 3]`` of a video file or frame folder, one at a time.
 
@@ -579,6 +665,10 @@ def iter_frames(
         short_side: resize (bilinear) so the shorter side has this many pixels; None keeps the size.
         max_frames: stop after this many output frames (decoding stops there too).
         folder_fps: the frame rate a frame folder was captured at (images carry no timestamps).
+        report: a :class:`DecodeReport` to fill in: frames and seconds decoded against the container's stated
+            length (video files only).
+        strict: a video file whose decoding ends well before its stated length raises :class:`VideoError`
+            instead of warning with :class:`TruncatedVideoWarning`.
 
     Grayscale, alpha (dropped) and 16-bit frames come out as 8-bit RGB; rotation metadata is applied.
     Path problems raise :class:`VideoError` at once; a file with no decodable frame raises it at the
@@ -595,7 +685,7 @@ def iter_frames(
             raise InputError(f"folder_fps must be positive, got {folder_fps!r}")
         frames = _iter_frame_folder(path, _frame_files(path), fps, short_side, folder_fps)
     else:
-        frames = _iter_video_file(path, fps, short_side)
+        frames = _iter_video_file(path, fps, short_side, report if report is not None else DecodeReport(), strict)
     return _guard_stream(frames, path, max_frames)
 
 
