@@ -11,11 +11,29 @@ mirroring the input's path relative to the input root (so names are deterministi
 preprocessing. A second run skips every input whose record is ok and whose files are present with the
 recorded shapes, and retries the rest; files are written atomically and the manifest is compacted on
 start, so an interrupted run can simply be run again. Under ``torchrun`` each rank takes every K-th input
-of the sorted list and writes ``manifest.rankR.jsonl``; rank 0 merges the parts after a barrier.
+of the sorted list and writes ``manifest.rankR.jsonl``; rank 0 merges the parts after a barrier. One run at
+a time owns the output folder (:class:`~i3d_torch.pipeline.folder_lock.FolderLock`): a second run on the
+same folder is refused before it touches anything.
+
+The options of localization and anomaly-detection feature sets (``crop="ten"``, ``keep_crops``, dense
+windows, ``streams=("rgb", "flow")``, ``fmt="h5"``, ``single_file``, ``timestamps``) switch on the *described*
+layout, in which every output also carries, per feature, its first and last frame and its start and end time
+in seconds, plus fps, windows, endpoint, crops, streams and the weights' checksums:
+
+* ``fmt="npy"``: ``REL.windows.npy`` ``[windows, (crops,) dim]``, ``REL.npy`` (mean over windows) and the
+  sidecar ``REL.json`` (the settings and the per-feature times);
+* ``fmt="h5"``: ``REL.h5`` with datasets ``windows``, ``video``, ``first_frame``, ``last_frame``,
+  ``start_s``, ``end_s``, ``window_start``, ``window_end`` and the settings as attributes; with
+  ``single_file`` one ``features.h5`` holds a group per input (named by its relative path). Its parts are
+  written atomically to ``.parts/`` while the run goes and merged, in input order, into ``features.h5``
+  (atomically) when it ends, so a killed run resumes to the same file as an uninterrupted one.
+
+Without those options the outputs are exactly those described above (no sidecar, same manifest keys).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -28,13 +46,23 @@ import torch
 
 from i3d_torch.core.defaults import CROP_SIZE, DEFAULT_WEIGHTS
 from i3d_torch.core.errors import I3DError, InputError
-from i3d_torch.core.fileio import append_jsonl, atomic_open, sha256_file
+from i3d_torch.core.fileio import append_jsonl, atomic_open, atomic_path, sha256_file, write_json
 from i3d_torch.core.model import ENDPOINTS
 from i3d_torch.pipeline import distributed
 from i3d_torch.pipeline.batches import VideoDone, VideoFailed, WindowBatch, produce_batches
+from i3d_torch.pipeline.crops import CROP_COUNTS, TEN_CROP_NAMES
+from i3d_torch.pipeline.folder_lock import FolderLock
 from i3d_torch.pipeline.prefetch import Prefetcher
-from i3d_torch.pipeline.running import default_batch_size, progress_bar, run_model, unsupported_dtype, weights_of
+from i3d_torch.pipeline.running import (
+    FATAL_MODEL_ERRORS,
+    default_batch_size,
+    model_error,
+    progress_bar,
+    run_model,
+    weights_of,
+)
 from i3d_torch.pipeline.settings import check_crop_for_logits, clip_settings
+from i3d_torch.pipeline.windows import DenseWindowing
 from i3d_torch.weights.registry import cached_model
 
 __all__ = ["extract_features", "collect_inputs", "resolve_endpoint", "ExtractionSummary"]
@@ -48,6 +76,16 @@ ENDPOINT_ALIASES = {"pooled": "Mixed_5c", "logits": "Logits"}
 VECTOR_ENDPOINTS = ("Logits", "Predictions")
 #: Record keys that must match for an existing output to count as done in this run.
 CONFIG_KEYS = ("endpoint", "pooled", "weights_sha256", "preprocessing", "dtype")
+#: Further keys of the described layout (absent from the records of the default layout, so they differ).
+LAYOUT_KEYS = ("layout", "format", "crops", "streams")
+#: Output formats, and the one file of ``single_file`` runs.
+FORMATS = ("npy", "h5")
+SINGLE_FILE = "features.h5"
+PARTS_DIR = ".parts"
+#: The flow stream's default weights (as ``predict --flow``).
+DEFAULT_FLOW_WEIGHTS = "flow_kinetics400"
+#: Per-feature time stamps, in every described output.
+TIME_FIELDS = ("first_frame", "last_frame", "start_s", "end_s", "window_start", "window_end")
 
 
 @dataclass(frozen=True)
@@ -93,6 +131,14 @@ class InputItem:
     @property
     def windows_output(self) -> str:
         return self.rel + ".windows.npy"
+
+    @property
+    def sidecar(self) -> str:
+        return self.rel + ".json"
+
+    @property
+    def h5_output(self) -> str:
+        return self.rel + ".h5"
 
 
 def _is_frame_folder(folder: Path) -> bool:
@@ -171,10 +217,10 @@ def collect_inputs(source: PathLike) -> List[InputItem]:
     return ordered
 
 
-def _check_collisions(items: Sequence[InputItem], source: Path) -> None:
+def _check_collisions(items: Sequence[InputItem], source: Path, described: bool = False) -> None:
     owners: Dict[str, str] = {}
     for item in items:
-        for name in (item.output, item.windows_output):
+        for name in (item.output, item.windows_output) + ((item.sidecar, item.h5_output) if described else ()):
             key = name.lower()  # case-insensitive file systems would merge these too
             if key in owners and owners[key] != item.rel:
                 raise InputError(f"inputs {owners[key]!r} and {item.rel!r} would both write {name!r}", source)
@@ -228,13 +274,36 @@ def _npy_shape(path: Path) -> Optional[tuple]:
         return None
 
 
+def _h5_shape(path: Path, group: str = "/") -> Optional[tuple]:
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as fh:
+            return tuple(fh[group]["windows"].shape)
+    except (OSError, KeyError, ValueError, ImportError):
+        return None
+
+
+def _config_keys(config: dict) -> tuple:
+    return CONFIG_KEYS + (LAYOUT_KEYS if "layout" in config else ())
+
+
 def is_complete(record: dict, out_dir: Path, config: dict) -> bool:
-    """An ok record of this configuration whose .npy files exist with the recorded shapes."""
-    if record.get("status") != "ok" or any(record.get(k) != config.get(k) for k in CONFIG_KEYS):
+    """An ok record of this configuration whose output files exist with the recorded shapes."""
+    if record.get("status") != "ok" or any(record.get(k) != config.get(k) for k in _config_keys(config)):
+        return False
+    windows_shape = tuple(record["windows_shape"])
+    if str(config.get("format", "")).startswith("h5"):
+        if record.get("group") is not None:  # single file: a part of this run, or the merged file
+            part = out_dir / PARTS_DIR / (record["input"] + ".h5")
+            merged = _h5_shape(out_dir / SINGLE_FILE, record["group"])
+            return _h5_shape(part) == windows_shape or merged == windows_shape
+        return _h5_shape(out_dir / record["output"]) == windows_shape
+    if "layout" in config and not (out_dir / record.get("sidecar", "")).is_file():
         return False
     return _npy_shape(out_dir / record["output"]) == tuple(record["shape"]) and _npy_shape(
         out_dir / record["windows_output"]
-    ) == tuple(record["windows_shape"])
+    ) == windows_shape
 
 
 def _write_records(path: Path, records: Sequence[dict]) -> None:
@@ -246,7 +315,8 @@ def _write_records(path: Path, records: Sequence[dict]) -> None:
 def compact_manifest(out_dir: Path, items: Sequence[InputItem], config: dict) -> set:
     """Rewrite the manifest with one line per input, dropping the records of this run's inputs that are
     not complete (they are redone and get fresh lines) and any torn line; merge leftover rank parts.
-    Returns the names of this run's inputs that are done."""
+    Returns the names of this run's inputs that are done. Call it only while holding the folder's lock:
+    it deletes the temporaries of killed runs, which would be a live run's files otherwise."""
     latest = _latest_by_input(out_dir)
     wanted = {item.rel for item in items}
     done = {rel for rel, rec in latest.items() if rel in wanted and is_complete(rec, out_dir, config)}
@@ -255,7 +325,7 @@ def compact_manifest(out_dir: Path, items: Sequence[InputItem], config: dict) ->
     for part in _part_files(out_dir):
         part.unlink()
     for stale in out_dir.rglob(".*.tmp"):  # temporaries of a killed run (fileio.atomic_path names them so)
-        if stale.name.startswith(".manifest") or ".npy." in stale.name:
+        if stale.name.startswith(".manifest") or any(ext in stale.name for ext in (".npy.", ".h5.", ".json.")):
             stale.unlink()
     return done
 
@@ -266,6 +336,118 @@ def merge_parts(out_dir: Path) -> None:
     _write_records(out_dir / MANIFEST, [latest[rel] for rel in sorted(latest)])
     for part in _part_files(out_dir):
         part.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The described layout: time stamps, settings in every file, HDF5
+# ---------------------------------------------------------------------------------------------------
+
+
+def feature_times(spans: Sequence[Tuple[int, int]], frames: int, fps: float) -> Dict[str, list]:
+    """Per feature: the first and last frame it saw (inside the video), the start and end of those frames
+    in seconds (frame ``i`` lasts from ``i / fps`` to ``(i + 1) / fps``), and the window's nominal span
+    ``[window_start, window_end)``, which reaches outside the video where the window was padded."""
+    first = [max(start, 0) for start, _ in spans]
+    last = [min(end, frames) - 1 for _, end in spans]
+    return {
+        "first_frame": first,
+        "last_frame": last,
+        "start_s": [f / fps for f in first],
+        "end_s": [(f + 1) / fps for f in last],
+        "window_start": [start for start, _ in spans],
+        "window_end": [end for _, end in spans],
+    }
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise InputError("--format h5 needs h5py: pip install 'i3d-torch[h5]'") from None
+    return h5py
+
+
+def _file_config(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def _check_h5_settings(path: Path, config: dict) -> None:
+    """Refuse to add to an HDF5 file that another run wrote with other settings (nothing in it is lost)."""
+    if not path.exists():
+        return
+    try:
+        with _h5py().File(path, "r") as fh:
+            theirs = json.loads(fh.attrs.get("config", "{}"))
+    except (OSError, ValueError):
+        raise InputError("is not a readable HDF5 file of i3d-torch features; move it away or use another --out", path)
+    if theirs != config:
+        differ = sorted(k for k in set(theirs) | set(config) if theirs.get(k) != config.get(k))
+        raise InputError(
+            f"holds features extracted with other settings ({', '.join(differ)} differ); use another --out, or move "
+            f"the file away to redo it",
+            path,
+        )
+
+
+def _write_h5(path: Path, windows: np.ndarray, video: np.ndarray, times: Dict[str, list], attrs: dict) -> None:
+    h5py = _h5py()
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as fh:
+            _fill_h5_group(fh, windows, video, times, attrs)
+
+
+def _fill_h5_group(group, windows: np.ndarray, video: np.ndarray, times: Dict[str, list], attrs: dict) -> None:
+    group.create_dataset("windows", data=windows)
+    group.create_dataset("video", data=video)
+    for key in TIME_FIELDS:
+        group.create_dataset(key, data=np.asarray(times[key], dtype=np.float64 if key.endswith("_s") else np.int64))
+    for key, value in attrs.items():
+        group.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value, sort_keys=True)
+
+
+def merge_single_file(out_dir: Path, config: dict) -> None:
+    """Merge the parts of single-file runs and the existing ``features.h5`` into a new ``features.h5``
+    (atomically, groups in input order), then delete the parts merged."""
+    h5py = _h5py()
+    records = [r for r in _latest_by_input(out_dir).values() if r.get("status") == "ok" and r.get("group")]
+    parts_dir, single = out_dir / PARTS_DIR, out_dir / SINGLE_FILE
+    if not records and not parts_dir.exists():
+        return
+    merged = []
+    with atomic_path(single) as tmp:
+        with h5py.File(tmp, "w") as out:
+            out.attrs["config"] = _file_config(config)
+            old = h5py.File(single, "r") if single.exists() else None
+            try:
+                for record in sorted(records, key=lambda r: r["input"]):
+                    part = parts_dir / (record["input"] + ".h5")
+                    if part.exists():
+                        with h5py.File(part, "r") as src:
+                            _copy_group(src["/"], out.require_group(record["group"]))
+                        merged.append(part)
+                    elif old is not None and record["group"] in old:
+                        _copy_group(old[record["group"]], out.require_group(record["group"]))
+            finally:
+                if old is not None:
+                    old.close()
+    for part in merged:
+        part.unlink()
+    if parts_dir.exists():
+        for folder in sorted((p for p in parts_dir.rglob("*") if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        with contextlib.suppress(OSError):
+            parts_dir.rmdir()
+
+
+def _copy_group(src, dst) -> None:
+    """Datasets and attributes of ``src`` written afresh into ``dst`` (in name order, so the bytes of the
+    merged file depend only on its contents, not on which run wrote which part)."""
+    for key in sorted(src.attrs):
+        if key != "config":
+            dst.attrs[key] = src.attrs[key]
+    for name in sorted(src):
+        dst.create_dataset(name, data=src[name][()])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -295,6 +477,64 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(fh, array)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where and how outputs are written (the default layout, or the described one)."""
+
+    described: bool
+    fmt: str = "npy"
+    single_file: bool = False
+    keep_crops: bool = False
+
+
+@dataclass
+class _Stream:
+    name: str  # "rgb" or "flow"
+    model: Any
+    entry: Any
+    sha256: str
+
+
+def _parse_streams(streams) -> Optional[List[str]]:
+    if streams is None:
+        return None
+    names = [s.strip() for s in (streams.split(",") if isinstance(streams, str) else streams)]
+    if not names or any(s not in ("rgb", "flow") for s in names) or len(set(names)) != len(names):
+        raise InputError(f"--streams must be rgb, flow, rgb,flow or flow,rgb; got {','.join(names)!r}")
+    return names
+
+
+def _build_streams(names, weights, flow_weights, model, device, dtype) -> List[_Stream]:
+    """The model of each stream: ``weights`` for its own modality, ``flow_weights`` for a flow stream
+    that ``weights`` is not."""
+    from i3d_torch.weights.registry import get_weights
+
+    main_entry = weights_of(model, weights) if model is not None else get_weights(weights)
+    names = names or [main_entry.modality]
+    built = []
+    for name in names:
+        if name == main_entry.modality:
+            with distributed.main_process_first():
+                m = model if model is not None else cached_model(weights, device, dtype)
+            entry = weights_of(m, weights)
+        elif name == "flow":
+            with distributed.main_process_first():
+                m = cached_model(flow_weights, device, dtype)
+            entry = weights_of(m, flow_weights)
+            if entry.modality != "flow":
+                raise InputError(
+                    f"--streams flow needs flow weights, but --flow-weights {entry.name} is an {entry.modality} model; "
+                    f"pass flow weights (default {DEFAULT_FLOW_WEIGHTS}) with --flow-weights"
+                )
+        else:
+            raise InputError(
+                f"--streams rgb needs RGB weights, but --weights {main_entry.name} is a {main_entry.modality} model; "
+                f"pass RGB weights with --weights (and flow weights with --flow-weights)"
+            )
+        built.append(_Stream(name, m, entry, entry.sha256 or sha256_file(entry.path)))
+    return built
+
+
 def extract_features(
     inputs: Union[PathLike, Sequence[PathLike]],
     out_dir: PathLike,
@@ -313,6 +553,16 @@ def extract_features(
     batch_size: Optional[int] = None,
     model=None,
     quiet: bool = True,
+    keep_crops: bool = False,
+    window: Optional[int] = None,
+    step: Optional[int] = None,
+    centre: bool = False,
+    pad: str = "edge",
+    streams: Union[None, str, Sequence[str]] = None,
+    flow_weights: Any = DEFAULT_FLOW_WEIGHTS,
+    fmt: str = "npy",
+    single_file: bool = False,
+    timestamps: Optional[bool] = None,
 ) -> ExtractionSummary:
     """Extract features of every video named by ``inputs`` into ``out_dir`` (see the module docstring).
 
@@ -320,29 +570,57 @@ def extract_features(
     paths, or a list of video paths (named relative to their common folder). Resumable; under ``torchrun``
     the inputs are sharded over the ranks. Failed inputs are recorded in the manifest and counted in the
     summary; nothing is raised for them.
+
+    Feature-set options (any of them switches on the described layout, see the module docstring):
+    ``crop="ten"`` (four corners, centre, and their mirror images) and ``keep_crops`` (crops stay an axis,
+    ``[windows, crops, dim]``, instead of being averaged); ``window``/``step``/``centre``/``pad``: dense windows
+    (:class:`~i3d_torch.pipeline.windows.DenseWindowing`); ``streams="rgb,flow"``: both streams side by side
+    (``flow_weights`` for the flow stream; flow computed once per video); ``fmt="h5"`` and ``single_file``;
+    ``timestamps=True`` for the described layout with none of the others.
     """
     out_dir = Path(out_dir)
     spec = resolve_endpoint(endpoint, pool)
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if single_file and fmt != "h5":
+        raise InputError("--single-file writes one HDF5 file; add --format h5")
+    if step is not None and window is None:
+        raise InputError("--step needs --window (dense windows)")
+    stream_names = _parse_streams(streams)
+    dense = DenseWindowing(window, step or 1, centre, pad) if window is not None else None
+    if dense is None and (centre or pad != "edge"):
+        raise InputError("--centre and --pad shape dense windows; add --window N")
+    described = bool(
+        keep_crops or dense or stream_names or fmt != "npy" or single_file or crop == "ten" or timestamps
+    )
+    layout = _Layout(described, fmt, single_file, keep_crops)
+    if fmt == "h5":
+        _h5py()
     items = _items_of(inputs)
+    if described:
+        _check_collisions(items, out_dir, described=True)
     with distributed.process_group(str(device)):
         device = distributed.device_for_rank(str(device))
-        with distributed.main_process_first():
-            model = model if model is not None else cached_model(weights, device, dtype)
-        entry = weights_of(model, weights)
-        if spec.endpoint not in model.endpoints:
-            raise InputError(f"this model has no endpoint {spec.endpoint}")
-        transforms = entry.transforms()
+        built = _build_streams(stream_names, weights, flow_weights, model, device, dtype)
+        if len(built) > 1 and not (spec.pool or spec.endpoint in VECTOR_ENDPOINTS):
+            raise InputError("--streams rgb,flow concatenates feature vectors: use a pooled endpoint (not --no-pool)")
+        for stream in built:
+            if spec.endpoint not in stream.model.endpoints:
+                raise InputError(f"this model has no endpoint {spec.endpoint}")
+        entry = built[0].entry
+        transforms = next((s.entry for s in built if s.name == "rgb"), entry).transforms()
         needs_logits = spec.endpoint in VECTOR_ENDPOINTS
         settings = clip_settings(
             transforms,
-            streams=[entry.modality],
-            min_frames={entry.modality: entry.min_frames if needs_logits else 1},
+            streams=[s.name for s in built] if described else [entry.modality],
+            min_frames={s.name: s.entry.min_frames if needs_logits else 1 for s in built},
             fps=fps,
             short_side=short_side,
             crop=crop,
             crop_size=crop_size,
             clip_frames=clip_frames,
             stride=stride,
+            dense=dense,
         )
         if needs_logits:
             check_crop_for_logits(
@@ -353,40 +631,101 @@ def extract_features(
         config = {
             "endpoint": spec.name,
             "pooled": spec.pool,
-            "weights_sha256": entry.sha256 or sha256_file(entry.path),
+            "weights_sha256": built[0].sha256,
             "preprocessing": settings.to_dict(),
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "dtype": str(next(built[0].model.parameters()).dtype).replace("torch.", ""),
         }
+        if described:
+            crop_count = CROP_COUNTS[settings.crop]
+            config.update(
+                layout="described",
+                format=fmt + ("-single-file" if single_file else ""),
+                crops={
+                    "mode": settings.crop,
+                    "count": crop_count,
+                    "kept": keep_crops,
+                    "names": list(TEN_CROP_NAMES) if settings.crop == "ten" else None,
+                },
+                streams=[{"stream": s.name, "weights": s.entry.name, "weights_sha256": s.sha256} for s in built],
+            )
+        lock = FolderLock(out_dir, "i3d-torch features run")
+        ok = True
         if distributed.is_main_process():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            compact_manifest(out_dir, items, config)
-        distributed.barrier()
-        done = {rel for rel, rec in _latest_by_input(out_dir).items() if rec.get("status") == "ok"}
-        mine = distributed.shard(items)
-        todo = [item for item in mine if item.rel not in done]
-        part = out_dir / (MANIFEST if distributed.world_size() == 1 else f"manifest.rank{distributed.rank()}.jsonl")
-        summary = ExtractionSummary(
-            str(out_dir), str(out_dir / MANIFEST), total=len(mine), skipped=len(mine) - len(todo)
-        )
-        context = {"model": entry.name, **config}
-        _extract(
-            todo,
-            out_dir,
-            part,
-            model,
-            spec,
-            settings,
-            transforms.to_model_input,
-            batch_size or default_batch_size(device),
-            context,
-            summary,
-            quiet,
-        )
-        distributed.barrier()
-        if distributed.is_distributed() and distributed.is_main_process():
-            merge_parts(out_dir)
-        distributed.barrier()
+            try:
+                lock.acquire()
+            except I3DError:
+                ok = False
+                if not distributed.is_distributed():
+                    raise
+        if not distributed.all_ranks_ok(ok):
+            raise FolderLockedError(lock.path.parent)
+        try:
+            if distributed.is_main_process():
+                if single_file:
+                    _check_h5_settings(out_dir / SINGLE_FILE, config)
+                compact_manifest(out_dir, items, config)
+            distributed.barrier()
+            done = {rel for rel, rec in _latest_by_input(out_dir).items() if rec.get("status") == "ok"}
+            mine = distributed.shard(items)
+            todo = [item for item in mine if item.rel not in done]
+            part = out_dir / (MANIFEST if distributed.world_size() == 1 else f"manifest.rank{distributed.rank()}.jsonl")
+            summary = ExtractionSummary(
+                str(out_dir), str(out_dir / MANIFEST), total=len(mine), skipped=len(mine) - len(todo)
+            )
+            context = {"model": entry.name, **config}
+            todo = _refuse_foreign_h5(todo, out_dir, layout, config, part, context, summary)
+            _extract(
+                todo,
+                out_dir,
+                part,
+                built,
+                spec,
+                settings,
+                transforms.to_model_input,
+                batch_size or default_batch_size(device),
+                context,
+                summary,
+                quiet,
+                layout,
+            )
+            distributed.barrier()
+            if distributed.is_distributed() and distributed.is_main_process():
+                merge_parts(out_dir)
+            if single_file and distributed.is_main_process():
+                merge_single_file(out_dir, config)
+            distributed.barrier()
+        finally:
+            lock.release()
     return summary
+
+
+class FolderLockedError(InputError):
+    """Another run holds the output folder (seen by a rank other than the one that tried the lock)."""
+
+    def __init__(self, folder: Path):
+        super().__init__(
+            "another i3d-torch features run is writing to this folder; wait for it or use another --out", folder
+        )
+
+
+def _refuse_foreign_h5(todo, out_dir: Path, layout: _Layout, config: dict, part: Path, context: dict, summary) -> list:
+    """Per-video HDF5 files that another run wrote with other settings are not overwritten: each such input
+    fails with a message naming the file."""
+    if layout.fmt != "h5" or layout.single_file:
+        return todo
+    kept = []
+    for item in todo:
+        try:
+            _check_h5_settings(out_dir / item.h5_output, config)
+        except InputError as exc:
+            message = str(exc)
+            append_jsonl(part, {**context, "input": item.rel, "path": item.path, "status": "error", "error": message})
+            summary.failed += 1
+            summary.errors[item.rel] = message
+            print(f"i3d-torch features: error: {message}", file=sys.stderr, flush=True)
+            continue
+        kept.append(item)
+    return kept
 
 
 def _items_of(inputs) -> List[InputItem]:
@@ -407,7 +746,20 @@ def _items_of(inputs) -> List[InputItem]:
     return ordered
 
 
-def _extract(todo, out_dir, part, model, spec, settings, to_model_input, batch_size, context, summary, quiet) -> None:
+def _features_of(event: WindowBatch, streams: Sequence[_Stream], spec: EndpointSpec, keep_crops: bool) -> np.ndarray:
+    """One row per window (``[windows, (crops,) ...]``), the streams' features side by side."""
+    parts = []
+    for stream in streams:
+        out = spec.reduce(run_model(stream.model, event.inputs[stream.name], [spec.endpoint])[spec.endpoint])
+        # windows * crops rows -> windows rows, averaging the crops unless they are kept
+        out = out.view(len(event.spans), event.crops, *out.shape[1:])
+        parts.append(out if keep_crops else out.mean(dim=1))
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)).numpy()
+
+
+def _extract(
+    todo, out_dir, part, streams, spec, settings, to_model_input, batch_size, context, summary, quiet, layout
+) -> None:
     sources = [item.path for item in todo]
     per_window: Dict[int, List[np.ndarray]] = {}
     spans: Dict[int, List[Tuple[int, int]]] = {}
@@ -422,22 +774,24 @@ def _extract(todo, out_dir, part, model, spec, settings, to_model_input, batch_s
                 if event.index in model_errors:
                     continue
                 try:
-                    (x,) = event.inputs.values()
-                    out = spec.reduce(run_model(model, x, [spec.endpoint])[spec.endpoint])
+                    out = _features_of(event, streams, spec, layout.keep_crops)
                 except (I3DError, ValueError) as exc:
                     model_errors[event.index] = f"{item.path}: {' '.join(str(exc).split())}"
                     continue
-                except NotImplementedError as exc:  # a dtype this device cannot run: every input would fail
-                    raise unsupported_dtype(exc) from None
-                # windows * crops rows -> windows rows, averaging the crops
-                out = out.view(len(event.spans), event.crops, *out.shape[1:]).mean(dim=1).numpy()
+                except FATAL_MODEL_ERRORS as exc:  # no kernel for the dtype, or out of GPU memory: every input fails
+                    raise model_error(exc) from None
                 per_window.setdefault(event.index, []).extend(out)
                 spans.setdefault(event.index, []).extend(event.spans)
                 continue
             windows, window_spans = per_window.pop(event.index, []), spans.pop(event.index, [])
             message = str(event.error) if isinstance(event, VideoFailed) else model_errors.pop(event.index, None)
             if message is None:
-                record = _write_outputs(item, out_dir, np.stack(windows), window_spans, event, settings, context)
+                if layout.described:
+                    record = _write_described(
+                        item, out_dir, np.stack(windows), window_spans, event, settings, context, streams, layout
+                    )
+                else:
+                    record = _write_outputs(item, out_dir, np.stack(windows), window_spans, event, settings, context)
                 summary.done += 1
             else:
                 record = {**context, "input": item.rel, "path": item.path, "status": "error", "error": message}
@@ -472,3 +826,55 @@ def _write_outputs(
         "frames": event.frames,
         "fps": settings.fps,
     }
+
+
+def _write_described(
+    item: InputItem, out_dir: Path, windows: np.ndarray, window_spans, event: VideoDone, settings, context, streams,
+    layout: _Layout,
+) -> dict:
+    windows = windows.astype(np.float32)
+    video = windows.mean(axis=0).astype(np.float32)
+    times = feature_times(window_spans, event.frames, settings.fps)
+    width = windows.shape[-1] // len(streams)  # streams side by side along the last axis, equal widths
+    dims = {s.name: [k * width, (k + 1) * width] for k, s in enumerate(streams)}
+    windowing = settings.windowing.to_dict()
+    facts = {
+        "input": item.rel,
+        "frames": event.frames,
+        "fps": settings.fps,
+        "window": windowing.get("window", windowing.get("clip_frames")),
+        "step": windowing.get("step", windowing.get("stride")),
+        "endpoint": context["endpoint"],
+        "crops": context["crops"],
+        "streams": context["streams"],
+        "stream_dims": dims,
+        "weights_sha256": {s.name: s.sha256 for s in streams},
+        "axes": ["window", "crop", "feature"] if layout.keep_crops else ["window", "feature"],
+    }
+    record = {
+        **context,
+        "input": item.rel,
+        "path": item.path,
+        "status": "ok",
+        "error": None,
+        "shape": list(video.shape),
+        "windows_shape": list(windows.shape),
+        "windows": [list(s) for s in window_spans],
+        "frames": event.frames,
+        "fps": settings.fps,
+        "stream_dims": dims,
+        "times": times,
+    }
+    if layout.fmt == "npy":
+        _save_npy(out_dir / item.windows_output, windows)
+        _save_npy(out_dir / item.output, video)
+        write_json(out_dir / item.sidecar, {**facts, "config": context, "times": times})
+        record.update(output=item.output, windows_output=item.windows_output, sidecar=item.sidecar)
+    elif layout.single_file:
+        _write_h5(out_dir / PARTS_DIR / (item.rel + ".h5"), windows, video, times, facts)
+        record.update(output=SINGLE_FILE, group=item.rel)
+    else:
+        config = {k: v for k, v in context.items() if k != "model"}  # what _check_h5_settings compares
+        _write_h5(out_dir / item.h5_output, windows, video, times, {**facts, "config": _file_config(config)})
+        record.update(output=item.h5_output, group=None)
+    return record

@@ -38,7 +38,13 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stride", type=int, default=None, help="frames between window starts (default: half a window)"
     )
-    parser.add_argument("--crop", default="center", choices=CROP_MODES, help="spatial crop(s) (default: %(default)s)")
+    parser.add_argument(
+        "--crop",
+        default="center",
+        choices=CROP_MODES,
+        help="spatial crop(s): center, three along the long side, full frame, or ten (corners, centre and their "
+        "mirror images) (default: %(default)s)",
+    )
     parser.add_argument(
         "--fps", type=float, default=None, help=f"decode at this frame rate (default: the weights', {FPS:g})"
     )

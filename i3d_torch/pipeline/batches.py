@@ -5,6 +5,10 @@ cut into windows (:mod:`i3d_torch.pipeline.windows`), looped to the model's mini
 mapped to the model's value range per stream (RGB, and TV-L1 flow between the window's own frames). Windows
 of one video with equal input shapes are stacked into :class:`WindowBatch` events, followed by
 :class:`VideoDone`, or :class:`VideoFailed` at the first error, so one bad input never stops a run.
+
+With dense windows (:class:`~i3d_torch.pipeline.windows.DenseWindowing`) a window reaching outside the video
+is padded to its full length by the settings' policy; the flow of the whole video is still computed once,
+frame pair by frame pair, and shared by every window that covers the pair.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from i3d_torch.core.errors import I3DError, InputError, VideoError
 from i3d_torch.core.transforms import flow_to_model_input
 from i3d_torch.pipeline.settings import ClipSettings
-from i3d_torch.pipeline.windows import iter_windows
+from i3d_torch.pipeline.windows import DenseWindowing, iter_dense_windows, iter_windows
 
 __all__ = [
     "Source",
@@ -67,10 +71,10 @@ def _with_flow(frames: Iterator[np.ndarray]) -> Iterator[Tuple[np.ndarray, Optio
         yield frame, tvl1.push(frame)
 
 
-def _crop_all(clip: np.ndarray, settings: ClipSettings) -> List[np.ndarray]:
-    from i3d_torch.core.video import crops
+def _crop_all(clip: np.ndarray, settings: ClipSettings, flow: bool = False) -> List[np.ndarray]:
+    from i3d_torch.pipeline.crops import crop_views
 
-    return crops(clip, mode=settings.crop, size=settings.crop_size)
+    return crop_views(clip, settings.crop, settings.crop_size, flow=flow)
 
 
 def _loop(clip: np.ndarray, min_frames: int) -> np.ndarray:
@@ -87,8 +91,15 @@ def window_inputs(
     settings: ClipSettings,
     to_model_input: ToModelInput,
     name: str,
+    pad: Tuple[int, int] = (0, 0),
 ) -> Dict[str, torch.Tensor]:
-    """One window's model inputs per stream: ``{"rgb": [crops, 3, T, H, W], "flow": [crops, 2, T-1, H, W]}``."""
+    """One window's model inputs per stream: ``{"rgb": [crops, 3, T, H, W], "flow": [crops, 2, T-1, H, W]}``.
+
+    ``pad`` = (frames before, frames after) that the window lacks at the ends of the video (dense windows);
+    they are filled by ``settings.windowing.pad``: the edge frame repeated or zeros for RGB, zero flow for
+    both policies (a repeated frame does not move)."""
+    if pad != (0, 0):
+        return _padded_window_inputs(frames, flows, settings, to_model_input, name, pad)
     inputs = {}
     if "rgb" in settings.streams:
         clip = _loop(np.stack(frames), settings.min_frames["rgb"])
@@ -97,7 +108,42 @@ def window_inputs(
         if not flows:
             raise VideoError("too short for optical flow: a window needs at least 2 frames", name)
         clip = _loop(np.stack(flows), settings.min_frames["flow"])
-        inputs["flow"] = flow_to_model_input(np.stack(_crop_all(clip, settings)))
+        inputs["flow"] = flow_to_model_input(np.stack(_crop_all(clip, settings, flow=True)))
+    return inputs
+
+
+def _loop_time(x: torch.Tensor, min_frames: int) -> torch.Tensor:
+    """``x [N, C, T, H, W]`` repeated along T from the start up to ``min_frames`` (as :func:`_loop`)."""
+    if x.shape[2] >= min_frames:
+        return x
+    return x[:, :, torch.arange(min_frames) % x.shape[2]].contiguous()
+
+
+def _padded_window_inputs(frames, flows, settings: ClipSettings, to_model_input, name, pad) -> Dict[str, torch.Tensor]:
+    before, after = pad
+    policy = settings.windowing.pad
+    inputs = {}
+    if "rgb" in settings.streams:
+        clip = np.stack(frames)
+        if policy == "edge":
+            index = np.clip(np.arange(-before, len(clip) + after), 0, len(clip) - 1)
+            x = to_model_input(np.stack(_crop_all(clip[index], settings)))
+        else:  # zeros of the model input, not black pixels: zero is what the network's padding would see
+            x = to_model_input(np.stack(_crop_all(clip, settings)))
+            shape = (x.shape[0], x.shape[1])
+            x = torch.cat(
+                [x.new_zeros(*shape, before, *x.shape[3:]), x, x.new_zeros(*shape, after, *x.shape[3:])], dim=2
+            )
+        inputs["rgb"] = _loop_time(x, settings.min_frames["rgb"])
+    if "flow" in settings.streams:
+        count = len(frames) + before + after - 1
+        if count < 1:
+            raise VideoError("too short for optical flow: a window needs at least 2 frames", name)
+        height, width = frames[0].shape[:2]
+        still = lambda n: np.zeros((n, height, width, 2), np.float32)  # noqa: E731
+        clip = np.concatenate([still(before), *([np.stack(flows)] if flows else []), still(after)])
+        x = flow_to_model_input(np.stack(_crop_all(clip, settings, flow=True)))
+        inputs["flow"] = _loop_time(x, settings.min_frames["flow"])
     return inputs
 
 
@@ -152,11 +198,16 @@ def produce_batches(
         frames_seen = 0
         try:
             frames = _frames_of(source, settings)
+            dense = isinstance(settings.windowing, DenseWindowing)
+            if dense:
+                frames = counter = _Counted(frames)
             items = _with_flow(frames) if "flow" in settings.streams else ((f, None) for f in frames)
-            for start, end, window in iter_windows(items, settings.windowing):
-                frames_seen = max(frames_seen, end)
+            windows = (iter_dense_windows if dense else iter_windows)(items, settings.windowing)
+            for start, end, window in windows:
+                frames_seen = counter.count if dense else max(frames_seen, end)
                 flows = [flow for _, flow in window[1:]]
-                inputs = window_inputs([f for f, _ in window], flows, settings, to_model_input, name)
+                pad = (max(0, -start), end - max(start, 0) - len(window)) if dense else (0, 0)
+                inputs = window_inputs([f for f, _ in window], flows, settings, to_model_input, name, pad)
                 if pending and _shapes(pending[0][1]) != _shapes(inputs):
                     decode_s += time.perf_counter() - started
                     yield _stack(index, pending)
@@ -166,6 +217,8 @@ def produce_batches(
                     decode_s += time.perf_counter() - started
                     yield _stack(index, pending)
                     started, pending = time.perf_counter(), []
+            if dense:
+                frames_seen = counter.count
             if frames_seen == 0:
                 raise VideoError("no frames decoded", name)
             if pending:
@@ -178,6 +231,23 @@ def produce_batches(
             if os.environ.get("I3D_TORCH_DEBUG") and not isinstance(exc, I3DError):
                 raise
             yield VideoFailed(index, as_i3d_error(exc, name), decode_s + time.perf_counter() - started)
+
+
+class _Counted:
+    """An iterator that counts what it hands out (the frames of a video, for dense windows whose spans
+    reach past the last frame)."""
+
+    def __init__(self, items):
+        self._items = iter(items)
+        self.count = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self._items)
+        self.count += 1
+        return item
 
 
 def _shapes(inputs: Dict[str, torch.Tensor]) -> Dict[str, tuple]:

@@ -9,17 +9,18 @@ weights' preset (``weights.transforms()``) and whatever the user chose to overri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from i3d_torch.core.defaults import CROP_SIZE, FPS, SHORT_SIDE
 from i3d_torch.core.errors import InputError
 from i3d_torch.core.model import min_input_size
 from i3d_torch.core.transforms import VideoClassification
-from i3d_torch.pipeline.windows import Windowing
+from i3d_torch.pipeline.windows import DenseWindowing, Windowing
 
 __all__ = ["CROP_MODES", "ClipSettings", "check_crop_for_logits", "clip_settings"]
 
-CROP_MODES = ("center", "three", "full")
+#: ``ten`` (four corners, centre and their mirror images) is :mod:`i3d_torch.pipeline.crops`.
+CROP_MODES = ("center", "three", "full", "ten")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ClipSettings:
     short_side: int = SHORT_SIDE
     crop: str = "center"
     crop_size: int = CROP_SIZE
-    windowing: Windowing = Windowing()
+    windowing: Union[Windowing, DenseWindowing] = Windowing()
     streams: Tuple[str, ...] = ("rgb",)  # which inputs to build: "rgb" and/or "flow"
     min_frames: Dict[str, int] = field(default_factory=lambda: {"rgb": 9, "flow": 9})
 
@@ -68,15 +69,19 @@ def clip_settings(
     crop_size: Optional[int] = None,
     clip_frames: Optional[int] = None,
     stride: Optional[int] = None,
+    dense: Optional[DenseWindowing] = None,
 ) -> ClipSettings:
     """The settings of one run: the user's choices where given, else the weights' ``preset``
-    (``weights.transforms()``: DeepMind's evaluation preset of fps, short side and crop size)."""
+    (``weights.transforms()``: DeepMind's evaluation preset of fps, short side and crop size). ``dense``
+    replaces the clip windows (``clip_frames``/``stride``) with dense windows."""
+    if dense is not None and (clip_frames is not None or stride is not None):
+        raise InputError("--window/--step (dense windows) and --clip-frames/--stride exclude each other; use one pair")
     return ClipSettings(
         fps=float(fps or preset.fps),
         short_side=int(short_side or preset.short_side),
         crop=crop,
         crop_size=int(crop_size or preset.crop_size),
-        windowing=Windowing(clip_frames, stride),
+        windowing=dense if dense is not None else Windowing(clip_frames, stride),
         streams=tuple(streams),
         min_frames=dict(min_frames),
     )

@@ -5,6 +5,10 @@ DeepMind evaluated) is one window; a longer one is cut into windows of I3D's tra
 overlap, plus a last window ending at the last frame, so memory stays bounded and every frame is covered.
 :class:`Windowing` also describes fixed windows (``--clip-frames``/``--stride``); :func:`iter_windows` cuts a
 stream of frames accordingly while holding at most one window in memory.
+
+:class:`DenseWindowing` is the dense windowing of feature extraction for temporal localization
+(``features --window N --step S``): one window per step, optionally centred on its frame, padded at the
+ends of the video by a named policy (see :data:`PAD_POLICIES`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from typing import Any, Iterable, Iterator, List, Optional, Tuple
 from i3d_torch.core.errors import InputError
 
 __all__ = [
+    "DenseWindowing",
     "LONG_VIDEO_STRIDE",
+    "PAD_POLICIES",
     "LONG_VIDEO_WINDOW",
     "WHOLE_VIDEO_MAX_FRAMES",
     "Windowing",
+    "iter_dense_windows",
     "iter_windows",
     "window_spans",
 ]
@@ -112,3 +119,90 @@ def _sliding_windows(stream: Iterator[Any], clip: int, stride: int) -> Iterator[
 def window_spans(num_frames: int, windowing: Windowing) -> List[Tuple[int, int]]:
     """The ``(start, end)`` spans :func:`iter_windows` produces for a video of ``num_frames`` frames."""
     return [(s, e) for s, e, _ in iter_windows(range(num_frames), windowing)]
+
+
+#: End-padding policies of dense windows: ``edge`` repeats the first/last frame (so the flow there is zero:
+#: a repeated frame does not move), ``zeros`` pads the model input with zeros (mid-grey RGB, no motion),
+#: ``drop`` leaves out every window that would need padding (a video shorter than one window is refused).
+PAD_POLICIES = ("edge", "zeros", "drop")
+
+
+@dataclass(frozen=True)
+class DenseWindowing:
+    """One window of ``window`` frames per ``step`` frames: the features of temporal localization.
+
+    Window ``k`` belongs to frame ``t = k * step`` (``t`` < the number of frames). Not centred it is frames
+    ``[t, t + window)``; centred it is ``[t - window // 2, t - window // 2 + window)``, so frame ``t`` is its
+    middle frame (for an even window, the later of the two middle frames). Frames outside the video are
+    padded by ``pad`` (:data:`PAD_POLICIES`); with ``drop`` only the windows inside the video are kept.
+
+    ``DenseWindowing(16, 4, pad="drop")`` are video_features' stacks of 16 frames every 4 (THUMOS-style
+    features); ``DenseWindowing(21, 1, centre=True)`` gives one feature per frame from the 21 frames around
+    it, padded with the edge frames (MS-TCN-style features).
+    """
+
+    window: int
+    step: int = 1
+    centre: bool = False
+    pad: str = "edge"
+
+    def __post_init__(self):
+        if self.window < 1:
+            raise InputError(f"--window must be at least 1 frame, got {self.window}")
+        if self.step < 1:
+            raise InputError(f"--step must be at least 1 frame, got {self.step}")
+        if self.pad not in PAD_POLICIES:
+            raise InputError(f"--pad must be one of {', '.join(PAD_POLICIES)}, got {self.pad!r}")
+
+    def describe(self) -> str:
+        where = "centred on" if self.centre else "starting at"
+        return f"{self.window}-frame windows {where} every {self.step}th frame, ends padded: {self.pad}"
+
+    def span(self, anchor: int) -> Tuple[int, int]:
+        """The nominal ``[start, end)`` of the window of frame ``anchor`` (may reach outside the video)."""
+        start = anchor - self.window // 2 if self.centre else anchor
+        return start, start + self.window
+
+    def to_dict(self) -> dict:
+        return {
+            "window": self.window,
+            "step": self.step,
+            "centre": self.centre,
+            "pad": self.pad,
+            "rule": self.describe(),
+        }
+
+
+def iter_dense_windows(items: Iterable[Any], dense: DenseWindowing) -> Iterator[Tuple[int, int, List[Any]]]:
+    """Cut a stream of frames into dense windows ``(start, end, frames)``: ``[start, end)`` is the nominal
+    span (``start`` < 0 or ``end`` > the number of frames where the window is padded) and ``frames`` are the
+    real frames inside it, in order. Holds at most one window in memory. With ``pad="drop"`` a stream
+    shorter than one window is an :class:`InputError`."""
+    recent: collections.deque = collections.deque(maxlen=dense.window)  # the last `window` frames seen
+    seen = 0
+    anchor = 0
+    for item in items:
+        recent.append(item)
+        seen += 1
+        while anchor < seen:
+            start, end = dense.span(anchor)
+            if end > seen:
+                break  # this window (and every later one) still needs frames
+            if start >= 0 or dense.pad != "drop":
+                yield start, end, list(recent)[len(recent) - (end - max(start, 0)) :]
+            anchor += dense.step
+    if seen == 0:
+        return
+    if dense.pad == "drop":
+        if seen < dense.window:
+            raise InputError(
+                f"the video has {seen} frames, fewer than the {dense.window}-frame window, and --pad drop keeps "
+                f"no padded window; use --pad edge or --pad zeros, or a shorter --window"
+            )
+        return
+    frames = list(recent)
+    while anchor < seen:  # windows that run past the last frame
+        start, end = dense.span(anchor)
+        first = max(start, 0)
+        yield start, end, frames[len(frames) - (seen - first) :]
+        anchor += dense.step

@@ -1,0 +1,135 @@
+"""Throughput of ``features`` (not a test): videos per second end to end against the model alone, for 1 and 10
+crops, RGB and RGB+flow, and the share of TV-L1 flow with OpenCV on one thread and on its own threading.
+
+    python benchmarks/features_throughput.py [--videos 4] [--frames 32] [--short-side 128] [--crop-size 112]
+                                             [--window 16] [--step 8] [--device cpu] [--json]
+
+Videos are generated (moving shapes, H.264, 4:3) into a temporary folder; the models are random-weights RGB and
+flow I3Ds (speed does not depend on the values; ``--weights``/``--flow-weights`` take real ones). *Model only*
+is the same number of forward passes on inputs of the same shapes, without decoding, cropping or flow: the
+ceiling the pipeline approaches when decoding is hidden behind the model (the prefetch thread). The TV-L1 rows
+time :func:`i3d_torch.core.flow.video_flow` on the decoded frames of every video, with ``cv2.setNumThreads(1)``
+and with OpenCV's default threading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # videogen writes the videos
+
+from videogen import moving_shapes, write_video  # noqa: E402
+
+from i3d_torch.apps.features import MANIFEST, extract_features, read_records  # noqa: E402
+from i3d_torch.core.flow import video_flow  # noqa: E402
+from i3d_torch.core.model import InceptionI3d  # noqa: E402
+from i3d_torch.core.video import read_video  # noqa: E402
+from i3d_torch.pipeline.running import run_model  # noqa: E402
+from i3d_torch.weights.registry import cached_model, label_list, save_model  # noqa: E402
+
+
+def random_weights(folder: Path) -> tuple:
+    torch.manual_seed(0)
+    rgb, flow = folder / "rgb.safetensors", folder / "flow.safetensors"
+    save_model(InceptionI3d().eval(), rgb, categories=label_list("kinetics400"), name="rgb", modality="rgb")
+    save_model(InceptionI3d(in_channels=2).eval(), flow, categories=label_list("kinetics400"), name="flow",
+               modality="flow")  # fmt: skip
+    return rgb, flow
+
+
+def model_only_s(models: dict, windows: int, crops: int, frames: int, size: int, device: str) -> float:
+    """Seconds for ``windows`` forward passes of ``crops`` views per stream, inputs made up front."""
+    inputs = {
+        name: torch.rand(crops, 3 if name == "rgb" else 2, frames if name == "rgb" else frames - 1, size, size,
+                         device=device) * 2 - 1  # fmt: skip
+        for name in models
+    }
+    for name, model in models.items():  # warm up (the CPU engine prepares its kernels per shape)
+        run_model(model, inputs[name], ["Mixed_5c"])
+    started = time.perf_counter()
+    for _ in range(windows):
+        for name, model in models.items():  # the call the pipeline makes, results back on the CPU
+            run_model(model, inputs[name], ["Mixed_5c"])
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--short-side", type=int, default=128)
+    parser.add_argument("--crop-size", type=int, default=112)
+    parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--step", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--flow-weights", default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rgb, flow = random_weights(tmp)
+        rgb, flow = args.weights or rgb, args.flow_weights or flow
+        height = args.short_side
+        width = height * 4 // 3 // 2 * 2
+        for i in range(args.videos):
+            write_video(tmp / "videos" / f"v{i}.mp4", moving_shapes(args.frames, height, width, seed=i), 25)
+        options = dict(window=args.window, step=args.step, short_side=args.short_side, crop_size=args.crop_size,
+                       device=args.device)  # fmt: skip
+        for crop in ("center", "ten"):
+            for streams in ("rgb", "rgb,flow"):
+                out = tmp / f"out-{crop}-{streams}"
+                started = time.perf_counter()
+                extract_features(tmp / "videos", out, weights=rgb, flow_weights=flow, streams=streams, crop=crop,
+                                 keep_crops=True, **options)  # fmt: skip
+                end_to_end = time.perf_counter() - started
+                windows = sum(len(r["windows"]) for r in read_records(out / MANIFEST)[0])
+                models = {"rgb": cached_model(rgb, args.device)}
+                if "flow" in streams:
+                    models["flow"] = cached_model(flow, args.device)
+                crops = 10 if crop == "ten" else 1
+                alone = model_only_s(models, windows, crops, args.window, args.crop_size, args.device)
+                rows.append({
+                    "crops": crops, "streams": streams, "windows": windows,
+                    "videos_per_s": round(args.videos / end_to_end, 3),
+                    "model_only_videos_per_s": round(args.videos / alone, 3),
+                    "pipeline_share_of_model_speed": round(alone / end_to_end, 3),
+                })  # fmt: skip
+        decoded = [read_video(p, fps=25, short_side=args.short_side)[0] for p in sorted((tmp / "videos").iterdir())]
+        threads = cv2.getNumThreads()
+        tvl1 = {}
+        for label, count in (("1 thread", 1), (f"OpenCV default ({threads} threads)", threads)):
+            cv2.setNumThreads(count)
+            started = time.perf_counter()
+            for frames in decoded:
+                video_flow(frames)
+            tvl1[label] = round(args.videos / (time.perf_counter() - started), 3)
+        cv2.setNumThreads(threads)
+
+    if args.json:
+        print(json.dumps({"settings": vars(args), "rows": rows, "tvl1_videos_per_s": tvl1}, indent=2))
+        return
+    print(f"{args.videos} videos of {args.frames} frames, short side {args.short_side}, crop {args.crop_size}, "
+          f"{args.window}-frame windows every {args.step}, {args.device}, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"{'crops':>5}  {'streams':<9} {'windows':>7}  {'videos/s':>9}  {'model only':>10}  {'share':>6}")
+    for r in rows:
+        print(f"{r['crops']:>5}  {r['streams']:<9} {r['windows']:>7}  {r['videos_per_s']:>9.3f}  "
+              f"{r['model_only_videos_per_s']:>10.3f}  {r['pipeline_share_of_model_speed']:>6.2f}")  # fmt: skip
+    for label, speed in tvl1.items():
+        print(f"TV-L1 flow alone, {label}: {speed:.3f} videos/s")
+
+
+if __name__ == "__main__":
+    main()
