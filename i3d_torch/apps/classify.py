@@ -43,7 +43,7 @@ from i3d_torch.pipeline.batches import (
     source_name,
 )
 from i3d_torch.pipeline.prefetch import Prefetcher
-from i3d_torch.pipeline.running import default_batch_size, on_model, unsupported_dtype, weights_of
+from i3d_torch.pipeline.running import FATAL_MODEL_ERRORS, default_batch_size, model_error, on_model, weights_of
 from i3d_torch.pipeline.settings import ClipSettings, check_crop_for_logits, clip_settings
 from i3d_torch.weights.registry import cached_model
 
@@ -141,6 +141,8 @@ class Classification:
     categories: List[str] = field(repr=False, default_factory=list)
     timing: Timing = field(default_factory=Timing)
     weights: Dict[str, str] = field(default_factory=dict)  # stream ("rgb"/"flow") -> weights name
+    # For a video file: whether decoding delivered its stated length (DecodeReport.to_dict()); None for arrays.
+    decode: Optional[dict] = None
 
     @property
     def probs(self) -> np.ndarray:
@@ -165,6 +167,7 @@ class Classification:
                 for w in self.windows
             ],
             "weights": self.weights,
+            **({"decode": self.decode} if self.decode is not None else {}),
             "timing": self.timing.to_dict(),
         }
 
@@ -240,6 +243,7 @@ def classify_many(
     flow_weights: Any = DEFAULT_FLOW_WEIGHTS,
     model: Optional[InceptionI3d] = None,
     progress: Optional[Callable[[int], None]] = None,
+    strict: bool = False,
 ) -> Iterator[Tuple[int, Union[Classification, I3DError]]]:
     """Classify several videos, decoding ahead in a background thread; yields ``(index, result)`` in input
     order, where a result is a :class:`Classification` or the :class:`I3DError` that video raised.
@@ -259,6 +263,7 @@ def classify_many(
         crop_size=crop_size,
         clip_frames=clip_frames,
         stride=stride,
+        strict=strict,
     )
     check_crop_for_logits(settings, "the logits head", f"use the default {CROP_SIZE}")
     prefetcher = Prefetcher(produce_batches(sources, settings, streams.transforms.to_model_input, batch_size))
@@ -287,8 +292,8 @@ def _score(prefetcher, sources, streams: Streams, settings: ClipSettings, top_k,
             except (I3DError, ValueError) as exc:  # e.g. an input the network cannot take
                 failed[event.index] = as_i3d_error(InputError(str(exc)), source_name(sources[event.index]))
                 continue
-            except NotImplementedError as exc:  # a dtype this device has no kernel for: every video would fail
-                raise unsupported_dtype(exc) from None
+            except FATAL_MODEL_ERRORS as exc:  # no kernel for the dtype, or out of GPU memory: every video would fail
+                raise model_error(exc) from None
             finally:
                 timing.model_s += time.perf_counter() - started
             time_logits = time_logits.view(len(event.spans), event.crops, *time_logits.shape[1:]).mean(dim=1)
@@ -325,6 +330,7 @@ def _score(prefetcher, sources, streams: Streams, settings: ClipSettings, top_k,
                     categories=streams.categories,
                     timing=timings.pop(event.index),
                     weights=dict(streams.names),
+                    decode=event.decode.to_dict() if event.decode is not None else None,
                 ),
             )
 
@@ -344,6 +350,7 @@ def classify(
     flow_weights: Any = DEFAULT_FLOW_WEIGHTS,
     fps: Optional[float] = None,
     model: Optional[InceptionI3d] = None,
+    strict: bool = False,
 ) -> Classification:
     """Classify one video: a path (decoded with the weights' preset: 25 fps, short side 256) or uint8 RGB
     frames ``[T, H, W, 3]`` already at the target fps and size (only cropped).
@@ -359,6 +366,8 @@ def classify(
         batch_size: windows per forward pass (default 1 on CPU, 8 on CUDA).
         flow: add the TV-L1 flow stream's logits (``flow_weights``); slow on CPU.
         model: use this model instead of loading ``weights`` (its ``weights_info``, if any, gives labels).
+        strict: a file whose decoding ends well before the length its container states (cut short) raises
+            instead of warning; either way ``result.decode`` says how much was decoded.
 
     Raises:
         I3DError: the video cannot be read, or the weights are missing.
@@ -377,6 +386,7 @@ def classify(
         flow=flow,
         flow_weights=flow_weights,
         model=model,
+        strict=strict,
     ):
         if isinstance(result, I3DError):
             raise result

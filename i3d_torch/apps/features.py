@@ -563,6 +563,7 @@ def extract_features(
     fmt: str = "npy",
     single_file: bool = False,
     timestamps: Optional[bool] = None,
+    strict: bool = False,
 ) -> ExtractionSummary:
     """Extract features of every video named by ``inputs`` into ``out_dir`` (see the module docstring).
 
@@ -577,6 +578,8 @@ def extract_features(
     (:class:`~i3d_torch.pipeline.windows.DenseWindowing`); ``streams="rgb,flow"``: both streams side by side
     (``flow_weights`` for the flow stream; flow computed once per video); ``fmt="h5"`` and ``single_file``;
     ``timestamps=True`` for the described layout with none of the others.
+    ``strict=True`` fails a video file whose decoding ends well before its stated length (cut short); without it
+    the file's manifest record gains a ``decode`` entry saying how much was decoded.
     """
     out_dir = Path(out_dir)
     spec = resolve_endpoint(endpoint, pool)
@@ -621,6 +624,7 @@ def extract_features(
             clip_frames=clip_frames,
             stride=stride,
             dense=dense,
+            strict=strict,
         )
         if needs_logits:
             check_crop_for_logits(
@@ -792,6 +796,8 @@ def _extract(
                     )
                 else:
                     record = _write_outputs(item, out_dir, np.stack(windows), window_spans, event, settings, context)
+                if event.decode is not None and event.decode.ended_early:  # a file cut short: say so in the record
+                    record["decode"] = event.decode.to_dict()
                 summary.done += 1
             else:
                 record = {**context, "input": item.rel, "path": item.path, "status": "error", "error": message}

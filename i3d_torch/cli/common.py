@@ -52,6 +52,12 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
         "--short-side", type=int, default=None, help=f"resize the short side to this (default: {SHORT_SIDE})"
     )
     parser.add_argument("--crop-size", type=int, default=None, help=f"crop size in pixels (default: {CROP_SIZE})")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail a video whose decoding ends well before the length its container states (a file cut short) "
+        "instead of warning",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -69,4 +75,5 @@ def clip_options(args: argparse.Namespace) -> dict:
         "device": args.device,
         "dtype": args.dtype,
         "batch_size": args.batch_size,
+        "strict": args.strict,
     }

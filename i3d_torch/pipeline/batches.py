@@ -23,6 +23,7 @@ import torch
 
 from i3d_torch.core.errors import I3DError, InputError, VideoError
 from i3d_torch.core.transforms import flow_to_model_input
+from i3d_torch.core.video import DecodeReport
 from i3d_torch.pipeline.settings import ClipSettings
 from i3d_torch.pipeline.windows import DenseWindowing, iter_dense_windows, iter_windows
 
@@ -47,7 +48,7 @@ def source_name(source: Source) -> str:
     return "<frames>" if isinstance(source, np.ndarray) else os.fspath(source)
 
 
-def _frames_of(source: Source, settings: ClipSettings) -> Iterator[np.ndarray]:
+def _frames_of(source: Source, settings: ClipSettings, report: Optional[DecodeReport] = None) -> Iterator[np.ndarray]:
     """uint8 RGB frames ``[H, W, 3]`` of a video path (decoded at ``fps``, short side resized) or of an
     array (used as given: already at the target fps and size)."""
     if isinstance(source, np.ndarray):
@@ -58,7 +59,9 @@ def _frames_of(source: Source, settings: ClipSettings) -> Iterator[np.ndarray]:
         return iter(source)
     from i3d_torch.core.video import iter_frames
 
-    return iter_frames(source, fps=settings.fps, short_side=settings.short_side)
+    return iter_frames(
+        source, fps=settings.fps, short_side=settings.short_side, report=report, strict=settings.strict
+    )
 
 
 def _with_flow(frames: Iterator[np.ndarray]) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray]]]:
@@ -165,6 +168,7 @@ class VideoDone:
     index: int
     frames: int
     decode_s: float
+    decode: Optional[DecodeReport] = None  # frames and seconds decoded against the stated length (files only)
 
 
 @dataclass
@@ -197,7 +201,8 @@ def produce_batches(
         pending: List[Tuple[Tuple[int, int], Dict[str, torch.Tensor]]] = []
         frames_seen = 0
         try:
-            frames = _frames_of(source, settings)
+            report = None if isinstance(source, np.ndarray) else DecodeReport()
+            frames = _frames_of(source, settings, report)
             dense = isinstance(settings.windowing, DenseWindowing)
             if dense:
                 frames = counter = _Counted(frames)
@@ -226,7 +231,7 @@ def produce_batches(
                 yield _stack(index, pending)
                 started = time.perf_counter()
             decode_s += time.perf_counter() - started
-            yield VideoDone(index, frames_seen, decode_s)
+            yield VideoDone(index, frames_seen, decode_s, report)
         except Exception as exc:  # one bad input must not stop the batch
             if os.environ.get("I3D_TORCH_DEBUG") and not isinstance(exc, I3DError):
                 raise

@@ -7,6 +7,7 @@ kernel for, and the progress bar on stderr.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union
 
@@ -15,7 +16,17 @@ import torch
 from i3d_torch.core.errors import InputError
 from i3d_torch.core.model import InceptionI3d
 
-__all__ = ["default_batch_size", "on_model", "progress_bar", "run_model", "unsupported_dtype", "weights_of"]
+__all__ = [
+    "FATAL_MODEL_ERRORS",
+    "default_batch_size",
+    "model_error",
+    "on_model",
+    "out_of_memory",
+    "progress_bar",
+    "run_model",
+    "unsupported_dtype",
+    "weights_of",
+]
 
 Output = TypeVar("Output", torch.Tensor, Dict[str, torch.Tensor])
 
@@ -51,6 +62,24 @@ def unsupported_dtype(exc: BaseException) -> InputError:
         f"the model cannot run in this dtype on this device ({' '.join(str(exc).split())}); "
         f"use --dtype float32, or bfloat16/float16 on a GPU"
     )
+
+
+def out_of_memory(exc: BaseException) -> InputError:
+    """A batch too big for the GPU: one line naming the option that fixes it, instead of PyTorch's paragraph."""
+    text = " ".join(str(exc).split())
+    tried = re.search(r"Tried to allocate [\d.]+ [KMGT]?i?B", text)
+    detail = f" ({tried.group(0).lower()})" if tried else ""
+    return InputError(f"the GPU ran out of memory{detail}; use a smaller --batch-size")
+
+
+#: Errors of a forward pass that every batch would hit (no kernel for the dtype, a batch too big for the GPU):
+#: an application stops at the first one rather than failing input after input.
+FATAL_MODEL_ERRORS = (NotImplementedError, torch.cuda.OutOfMemoryError)
+
+
+def model_error(exc: BaseException) -> InputError:
+    """The one-line error for one of :data:`FATAL_MODEL_ERRORS`."""
+    return out_of_memory(exc) if isinstance(exc, torch.cuda.OutOfMemoryError) else unsupported_dtype(exc)
 
 
 def default_batch_size(device: Union[str, torch.device]) -> int:

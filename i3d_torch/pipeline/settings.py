@@ -34,6 +34,9 @@ class ClipSettings:
     windowing: Union[Windowing, DenseWindowing] = Windowing()
     streams: Tuple[str, ...] = ("rgb",)  # which inputs to build: "rgb" and/or "flow"
     min_frames: Dict[str, int] = field(default_factory=lambda: {"rgb": 9, "flow": 9})
+    # A video file whose decoding ends well before its stated length fails instead of warning. Not part of
+    # to_dict(): it decides whether a result is kept, not what the features are, so resuming may change it.
+    strict: bool = False
 
     def __post_init__(self):
         if self.crop not in CROP_MODES:
@@ -70,6 +73,7 @@ def clip_settings(
     clip_frames: Optional[int] = None,
     stride: Optional[int] = None,
     dense: Optional[DenseWindowing] = None,
+    strict: bool = False,
 ) -> ClipSettings:
     """The settings of one run: the user's choices where given, else the weights' ``preset``
     (``weights.transforms()``: DeepMind's evaluation preset of fps, short side and crop size). ``dense``
@@ -84,6 +88,7 @@ def clip_settings(
         windowing=dense if dense is not None else Windowing(clip_frames, stride),
         streams=tuple(streams),
         min_frames=dict(min_frames),
+        strict=strict,
     )
 
 

@@ -36,6 +36,7 @@ from i3d_torch.core.errors import InputError
 from i3d_torch.core.model import InceptionI3d
 from i3d_torch.pipeline import distributed
 from i3d_torch.pipeline.data import VideoClips, VideoList, decoding_worker_init, discover, iterate_batches
+from i3d_torch.pipeline.running import out_of_memory
 from i3d_torch.weights.registry import save_model
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -188,6 +189,8 @@ class _Run:
                 if self.plan.val_videos is not None and due:
                     last_eval = self._validate(epoch, step)
                 self._checkpoint(step, epoch + 1, 0)
+        except torch.cuda.OutOfMemoryError as exc:  # training or validation: --batch-size sets both
+            raise out_of_memory(exc) from None
         finally:
             bar.close()
         if last_eval is None and self.plan.val_videos is not None:
