@@ -244,3 +244,39 @@ def test_transforms_refuse_a_batch_or_a_bad_modality():
         VideoClassification()(torch.zeros(2, 9, 224, 224, 3, dtype=torch.uint8).numpy())
     with pytest.raises(InputError, match="modality must be 'rgb' or 'flow'"):
         VideoClassification(modality="depth")
+
+
+def _relabelled(path, tmp_path, dtype: str):
+    """A copy of a safetensors file whose header states ``dtype`` for every tensor (same bytes)."""
+    import json
+    import struct
+
+    data = path.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    for key, spec in header.items():
+        if key != "__metadata__":
+            spec["dtype"] = dtype
+    text = json.dumps(header).encode()
+    text += b" " * (size - len(text)) if len(text) <= size else b""
+    out = tmp_path / f"relabelled_{dtype}.safetensors"
+    out.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + size :])
+    return out
+
+
+def test_weights_relabelled_as_integers_are_refused_naming_the_tensor(tmp_path):
+    # Issue 17 defect 8: every dtype relabelled I32 loaded (cast silently to float) and gave logits of 1e23.
+    path = tmp_path / "model.safetensors"
+    save_model(InceptionI3d(num_classes=400), path, name="tiny", categories=[f"c{i}" for i in range(400)])
+    with pytest.raises(WeightsError, match=r"Conv3d_1a_7x7\.batch_norm\.bias is int32, model needs a floating-point"):
+        load_model(_relabelled(path, tmp_path, "I32"))
+
+
+def test_weights_with_nan_are_refused_naming_the_tensor(tmp_path):
+    model = InceptionI3d(num_classes=400)
+    with torch.no_grad():
+        model.Mixed_4f.Branch_1.Conv3d_0b_3x3.conv_3d.weight[0, 0, 0, 0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_model(model, path, name="tiny", categories=[f"c{i}" for i in range(400)])
+    with pytest.raises(WeightsError, match=r"Mixed_4f\.Branch_1\.Conv3d_0b_3x3\.conv_3d\.weight holds 1 NaN/Inf"):
+        load_model(path)

@@ -233,8 +233,15 @@ def check_state_dict(model: InceptionI3d, state_dict: Dict[str, torch.Tensor], p
     if extra:
         problems.append(f"unexpected {len(extra)} key(s): {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
     for key in sorted(set(expected) & set(state_dict)):
-        if tuple(expected[key].shape) != tuple(state_dict[key].shape):
-            problems.append(f"{key} has shape {tuple(state_dict[key].shape)}, model needs {tuple(expected[key].shape)}")
+        tensor = state_dict[key]
+        if tuple(expected[key].shape) != tuple(tensor.shape):
+            problems.append(f"{key} has shape {tuple(tensor.shape)}, model needs {tuple(expected[key].shape)}")
+        elif not tensor.is_floating_point():
+            # load_state_dict would cast integers to float silently: a file whose dtypes were relabelled (F32 bytes
+            # read as I32) would then load and give logits of 1e23.
+            problems.append(f"{key} is {str(tensor.dtype).replace('torch.', '')}, model needs a floating-point tensor")
+        elif not bool(torch.isfinite(tensor).all()):
+            problems.append(f"{key} holds {int((~torch.isfinite(tensor)).sum())} NaN/Inf value(s)")
     if problems:
         raise WeightsError("weights do not fit the model: " + "; ".join(problems[:8]), path)
 
