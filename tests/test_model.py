@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+
 import pytest
 import torch
 
-from i3d_torch.core.model import ENDPOINTS, Conv3dSame, InceptionI3d, MaxPool3dSame, min_input_size, same_padding
+import i3d_torch.core.model as model_module
+from i3d_torch.core.model import (
+    ARCHITECTURE,
+    ENDPOINTS,
+    FEATURE_STRIDE,
+    INCEPTION_WIDTHS,
+    LOGITS_POOL,
+    MAX_POOLS,
+    NUM_FEATURES,
+    Conv3dSame,
+    InceptionI3d,
+    MaxPool3dSame,
+    min_input_size,
+    same_padding,
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +37,41 @@ def test_endpoints_are_the_18_of_the_original_graph_in_order():
     assert [e for e in ENDPOINTS if e.startswith("Mixed")] == [
         "Mixed_3b", "Mixed_3c", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f", "Mixed_5b", "Mixed_5c"
     ]
+
+
+def test_the_table_drives_endpoints_widths_pools_and_head():
+    assert ENDPOINTS == tuple(name for name, _ in ARCHITECTURE)
+    assert list(INCEPTION_WIDTHS) == [e for e in ENDPOINTS if e.startswith("Mixed")]
+    assert INCEPTION_WIDTHS["Mixed_3b"] == (64, 96, 128, 16, 32, 32)  # the paper's Fig. 3 / DeepMind's i3d.py
+    assert INCEPTION_WIDTHS["Mixed_5c"] == (384, 192, 384, 48, 128, 128)
+    assert MAX_POOLS["MaxPool3d_4a_3x3"] == ((3, 3, 3), (2, 2, 2))
+    assert LOGITS_POOL == (2, 7, 7)
+    assert (NUM_FEATURES, FEATURE_STRIDE) == (1024, (8, 32, 32))
+
+
+@pytest.mark.parametrize("final_endpoint", ENDPOINTS)
+def test_final_endpoint_builds_the_prefix_of_the_table(final_endpoint):
+    model = InceptionI3d(final_endpoint=final_endpoint)
+    built = [name for name, _ in model.named_children()]
+    last = ENDPOINTS.index("Predictions" if final_endpoint == "Logits" else final_endpoint)
+    assert built == list(ENDPOINTS[: last + 1])
+    assert model.endpoints == ENDPOINTS[: last + 1]
+
+
+def test_derived_sizes_match_the_built_network(model):
+    x = torch.zeros(1, 3, 9 * FEATURE_STRIDE[0], 2 * FEATURE_STRIDE[1], 3 * FEATURE_STRIDE[2])
+    with torch.inference_mode():
+        features = model.forward_features(x)
+    assert features.shape == (1, model.num_features, 9, 2, 3) and model.num_features == NUM_FEATURES
+    assert min_input_size() == tuple((k - 1) * s + 1 for k, s in zip(LOGITS_POOL, FEATURE_STRIDE))
+    assert min_input_size("Mixed_5c") == (1, 1, 1)
+
+
+def test_model_file_imports_no_backend():
+    tree = ast.parse(inspect.getsource(model_module))
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [name for name in imported if "backends" in name or "winograd" in name or "allocator" in name]
 
 
 @pytest.mark.parametrize(
@@ -46,7 +98,8 @@ def test_extract_endpoints_stops_after_the_last_requested(model, monkeypatch):
     called = []
     for name in ("Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5c"):
         module = getattr(model, name)
-        monkeypatch.setattr(module, "forward", (lambda f, n: (lambda x: (called.append(n), f(x))[1]))(module.forward, name))
+        recording = (lambda f, n: (lambda x: (called.append(n), f(x))[1]))(module.forward, name)
+        monkeypatch.setattr(module, "forward", recording)
     with torch.inference_mode():
         out = model.extract_endpoints(torch.zeros(1, 3, 9, 64, 64), ["Mixed_3b", "Mixed_4f"])
     assert set(out) == {"Mixed_3b", "Mixed_4f"}
@@ -147,12 +200,18 @@ def test_flow_stream_takes_two_channels():
         assert flow(torch.zeros(1, 2, 9, 193, 193)).shape == (1, 400)
 
 
-@pytest.mark.parametrize("size,kernel,stride", [(n, k, s) for n in range(1, 12) for k in (1, 2, 3, 7) for s in (1, 2)])
-def test_same_padding_matches_tf_definition(size, kernel, stride):
-    before, after = same_padding(size, kernel, stride)
-    out = -(-size // stride)
-    assert before + size + after >= (out - 1) * stride + kernel  # every output window fits
-    assert after - before in (0, 1)  # TF puts the odd pixel at the end
+def test_same_padding_matches_tf_definition():
+    # TF's definition (tensorflow/core/framework/kernel_shape_util.cc, padding "SAME"): out = ceil(n / s),
+    # total = max((out - 1) * s + k - n, 0), before = total // 2, after = the rest. Any over- or
+    # under-padding changes the pair on some size below.
+    for size in range(1, 80):
+        for kernel in range(1, 9):
+            for stride in range(1, 5):
+                out = -(-size // stride)
+                total = max((out - 1) * stride + kernel - size, 0)
+                assert same_padding(size, kernel, stride) == (total // 2, total - total // 2), (size, kernel, stride)
+                before, after = same_padding(size, kernel, stride)
+                assert (size + before + after - kernel) // stride + 1 == out  # VALID over the padded axis
 
 
 def _tf():
@@ -167,7 +226,8 @@ def test_dynamic_same_conv_and_pool_equal_tensorflow_at_odd_sizes(shape):
     conv = Conv3dSame(3, 4, (7, 7, 7), (2, 2, 2))
     with torch.no_grad():
         ours = conv(x).permute(0, 2, 3, 4, 1).numpy()
-    theirs = tf.nn.conv3d(x.permute(0, 2, 3, 4, 1).numpy(), conv.weight.detach().permute(2, 3, 4, 1, 0).numpy(), [1, 2, 2, 2, 1], "SAME").numpy()
+    kernel = conv.weight.detach().permute(2, 3, 4, 1, 0).numpy()
+    theirs = tf.nn.conv3d(x.permute(0, 2, 3, 4, 1).numpy(), kernel, [1, 2, 2, 2, 1], "SAME").numpy()
     torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(theirs), atol=1e-5, rtol=1e-5)
     for kernel, stride in [((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2))]:
         ours = MaxPool3dSame(kernel, stride)(x).permute(0, 2, 3, 4, 1).numpy()

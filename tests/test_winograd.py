@@ -11,22 +11,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from i3d_torch.core import model as model_module
-from i3d_torch.core.model import InceptionI3d, MaxPool3dSame, _separable_max_pool_3x3x3
-from i3d_torch.core.model import _zero_pad_channels_last, same_padding
+from i3d_torch.backends import cpu
+from i3d_torch.backends.cpu.fused_unit import _zero_pad_channels_last
+from i3d_torch.backends.cpu.pool import CpuMaxPool3dSame, separable_max_pool_3x3x3
+from i3d_torch.backends.cpu.scratch import Scratch
 from i3d_torch.backends.cpu.winograd import (
     F43_POINTS,
     F44_POINTS,
     F63_POINTS,
-    _tile_plan,
     TemporalWinogradConv,
+    _tile_plan,
     temporal_winograd_applies,
     transform_matrices,
 )
+from i3d_torch.core.model import InceptionI3d, MaxPool3dSame, same_padding
 
-needs_onednn = pytest.mark.skipif(
-    not model_module.ONEDNN_INFERENCE, reason="this PyTorch build has no oneDNN fused convolution"
-)
+needs_onednn = pytest.mark.skipif(not cpu.is_available(), reason="this PyTorch build has no oneDNN fused convolution")
 
 
 LAVIN_GRAY_F43 = {  # their published B^T, G and A^T for F(4, 3)
@@ -148,6 +148,28 @@ def test_stem_winograd_pads_the_unpadded_clip_in_the_copy_that_pairs_its_frames(
 
 
 @needs_onednn
+@pytest.mark.parametrize("stem", [False, True])
+def test_borrowed_working_memory_is_fully_rewritten_on_every_call(stem):
+    generator = torch.Generator().manual_seed(7)
+    if stem:
+        weight, stride, x = torch.randn(8, 3, 7, 7, 7, generator=generator), (2, 2, 2), torch.randn(1, 3, 20, 16, 16)
+        pads = [same_padding(n, 7, 2) for n in x.shape[2:]]
+        plan = TemporalWinogradConv(weight, None, tuple(_zero_pad_channels_last(x, pads).shape), stride, (0, 0, 0))
+        call = dict(explicit_padding=pads)
+    else:
+        weight, x = torch.randn(8, 4, 3, 3, 3, generator=generator), torch.randn(2, 4, 13, 9, 7, generator=generator)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        plan, call = TemporalWinogradConv(weight, torch.randn(8, generator=generator), tuple(x.shape)), {}
+    scratch = Scratch()
+    with torch.inference_mode():
+        expected = plan(x, **call)
+        with scratch.lend(plan.scratch_numel) as carver:
+            carver.block.fill_(float("nan"))  # stale contents must never reach the result
+        torch.testing.assert_close(plan(x, scratch=scratch, **call), expected, rtol=0, atol=0)
+        assert scratch.nbytes == 4 * plan.scratch_numel
+
+
+@needs_onednn
 def test_temporal_winograd_refuses_another_input_shape():
     plan = TemporalWinogradConv(torch.randn(4, 3, 3, 3, 3), None, (1, 3, 8, 5, 5))
     with pytest.raises(ValueError, match="built for input"):
@@ -157,17 +179,16 @@ def test_temporal_winograd_refuses_another_input_shape():
 @needs_onednn
 def test_model_inference_takes_winograd_and_stays_within_the_endpoint_bound():
     torch.manual_seed(0)
-    model = InceptionI3d(final_endpoint="Mixed_4c").eval()
+    model = cpu.optimize(InceptionI3d(final_endpoint="Mixed_4c").eval())
     model.check_values = False
     x = (torch.rand(1, 3, 16, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1).double()
     names = ["Conv3d_1a_7x7", "Conv3d_2c_3x3", "Mixed_3c", "Mixed_4c"]
     with torch.inference_mode():
         expected = model.double().extract_endpoints(x, names)  # float64: the plain modules
         got = model.float().extract_endpoints(x.float(), names)
-    plans = model_module._ONEDNN_WEIGHTS
-    assert isinstance(plans[model.Conv3d_1a_7x7][1], TemporalWinogradConv)  # stem: 8 output frames, 0.5
-    assert isinstance(plans[model.Conv3d_2c_3x3][1], TemporalWinogradConv)  # T = 8 there
-    assert isinstance(plans[model.Mixed_4c.Branch_1.Conv3d_0b_3x3][1], TemporalWinogradConv)  # T = 4
+    assert cpu.plan_kind(model.Conv3d_1a_7x7) == "winograd"  # stem: 8 output frames, 0.5
+    assert cpu.plan_kind(model.Conv3d_2c_3x3) == "winograd"  # T = 8 there
+    assert cpu.plan_kind(model.Mixed_4c.Branch_1.Conv3d_0b_3x3) == "winograd"  # T = 4
     for name in names:
         error = (got[name].double() - expected[name]).abs().max() / expected[name].abs().max()
         assert error < 2e-5, f"{name}: {error:.2e} of its peak"
@@ -176,7 +197,7 @@ def test_model_inference_takes_winograd_and_stays_within_the_endpoint_bound():
 @needs_onednn
 def test_model_inference_keeps_the_direct_stem_where_winograd_would_not_pay():
     torch.manual_seed(0)
-    model = InceptionI3d(final_endpoint="Conv3d_2c_3x3").eval()
+    model = cpu.optimize(InceptionI3d(final_endpoint="Conv3d_2c_3x3").eval())
     model.check_values = False
     x = (torch.rand(1, 3, 18, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1).double()  # 9 stem outputs
     names = ["Conv3d_1a_7x7", "Conv3d_2c_3x3"]
@@ -184,7 +205,7 @@ def test_model_inference_keeps_the_direct_stem_where_winograd_would_not_pay():
         expected = model.double().extract_endpoints(x, names)
         got = model.float().extract_endpoints(x.float(), names)
     # 3 tiles of 4 frames for 9 outputs: 42 products of 3 channels against 63 direct (0.67 > 0.6).
-    assert not isinstance(model_module._ONEDNN_WEIGHTS[model.Conv3d_1a_7x7][1], TemporalWinogradConv)
+    assert cpu.plan_kind(model.Conv3d_1a_7x7) == "direct"
     for name in names:
         error = (got[name].double() - expected[name]).abs().max() / expected[name].abs().max()
         assert error < 2e-5, f"{name}: {error:.2e} of its peak"
@@ -199,6 +220,7 @@ def test_separable_pool_equals_max_pool3d_with_minus_infinity_padding(shape):
         memory_format=torch.channels_last_3d
     )
     expected = F.max_pool3d(F.pad(x, (1, 1, 1, 1, 1, 1), value=float("-inf")), 3, 1)
-    torch.testing.assert_close(_separable_max_pool_3x3x3(x), expected, rtol=0, atol=0)
-    with torch.inference_mode():  # the module takes the separable path for channels-last inference input
-        torch.testing.assert_close(MaxPool3dSame((3, 3, 3), (1, 1, 1))(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(separable_max_pool_3x3x3(x), expected, rtol=0, atol=0)
+    pool = CpuMaxPool3dSame.from_pool(MaxPool3dSame((3, 3, 3), (1, 1, 1)))
+    with torch.inference_mode():  # the engine's pool, on the channels-last input the fused units hand it
+        torch.testing.assert_close(pool(x), expected, rtol=0, atol=0)

@@ -1,8 +1,10 @@
 """Export I3D for deployment without this package: ONNX (run by onnxruntime) and ``torch.export`` programs.
 
 Both exports take a copy of the model with BatchNorm folded into the convolutions (:meth:`InceptionI3d.fuse`)
-and the input range checks off, so the graph is conv(+bias) -> ReLU, max-pool, concat, the head. TF "SAME"
-padding is computed from the input shape when the graph is traced:
+and the input range checks off, so the graph is conv(+bias) -> ReLU, max-pool, concat, the head. A model with
+the CPU engine (as :func:`~i3d_torch.weights.load_model` returns it) exports the same graph: the engine stands
+aside while a model is traced or exported. TF "SAME" padding is computed from the input shape when the graph
+is traced:
 
 * ``dynamic=False`` (default): the graph is for one input shape ``[batch, C, frames, height, width]``.
 * ``dynamic=True``: batch and time are free. Time must then be a multiple of 8 (at least 16): the
@@ -160,4 +162,5 @@ class OnnxRunner:
             not isinstance(want, int) or want == got for want, got in zip(self.input_shape, shape)
         )
         if not fits:
-            raise InputError(f"clip of shape {tuple(shape)} does not fit the exported input {self.input_shape}", self.path)
+            message = f"clip of shape {tuple(shape)} does not fit the exported input {self.input_shape}"
+            raise InputError(message, self.path)

@@ -6,6 +6,10 @@ Apache-2.0). Module attributes keep DeepMind's TensorFlow scope names (``Conv3d_
 ``Branch_1.Conv3d_0b_3x3``, ``conv_3d``, ``batch_norm``) so that the converter's name table is short and
 greppable.
 
+The architecture is one ordered table, :data:`ARCHITECTURE` (stem units, pools, Inception widths, head),
+that drives construction and the truncation at ``final_endpoint``; the other constants derive from it. This
+file is the definition only: how the model is run fast is a backend's business (:mod:`i3d_torch.backends`).
+
 Input convention (the one place it is defined): ``[N, C, T, H, W]`` float, values in ``[-1, 1]``,
 channels in RGB order (C=3) or (u, v) optical flow (C=2). See :mod:`i3d_torch.core.transforms`.
 
@@ -23,70 +27,149 @@ Fidelity to TensorFlow:
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
-
 import warnings
-import weakref
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i3d_torch.backends.cpu.allocator import keep_freed_memory
 from i3d_torch.core.transforms import check_model_input
-from i3d_torch.backends.cpu.winograd import TemporalWinogradConv, temporal_winograd_applies
 
-__all__ = ["ENDPOINTS", "InceptionI3d", "Unit3D", "InceptionBlock", "MaxPool3dSame", "BatchNorm3dNoScale"]
+__all__ = [
+    "ARCHITECTURE",
+    "ENDPOINTS",
+    "INCEPTION_WIDTHS",
+    "MAX_POOLS",
+    "LOGITS_POOL",
+    "NUM_FEATURES",
+    "FEATURE_STRIDE",
+    "BN_EPS",
+    "BN_DECAY",
+    "same_padding",
+    "min_input_size",
+    "InceptionI3d",
+    "Unit3D",
+    "InceptionBlock",
+    "LogitsHead",
+    "MaxPool3dSame",
+    "Conv3dSame",
+    "BatchNorm3dNoScale",
+    "count_parameters",
+]
 
 # ---------------------------------------------------------------------------------------------------
-# Architecture configuration, from DeepMind's i3d.py and Table 1 / Fig. 3 of the paper.
+# The architecture: one table, from DeepMind's i3d.py and Table 1 / Fig. 3 of the paper.
 # ---------------------------------------------------------------------------------------------------
 
-#: All 18 endpoints of the original graph, in order.
-ENDPOINTS: Tuple[str, ...] = (
-    "Conv3d_1a_7x7",
-    "MaxPool3d_2a_3x3",
-    "Conv3d_2b_1x1",
-    "Conv3d_2c_3x3",
-    "MaxPool3d_3a_3x3",
-    "Mixed_3b",
-    "Mixed_3c",
-    "MaxPool3d_4a_3x3",
-    "Mixed_4b",
-    "Mixed_4c",
-    "Mixed_4d",
-    "Mixed_4e",
-    "Mixed_4f",
-    "MaxPool3d_5a_2x2",
-    "Mixed_5b",
-    "Mixed_5c",
-    "Logits",
-    "Predictions",
+Triple = Tuple[int, int, int]
+
+
+class Conv(NamedTuple):
+    """A :class:`Unit3D`: conv (TF SAME) + BatchNorm + ReLU."""
+
+    out_channels: int
+    kernel: Triple = (1, 1, 1)
+    stride: Triple = (1, 1, 1)
+
+
+class Pool(NamedTuple):
+    """A :class:`MaxPool3dSame`."""
+
+    kernel: Triple
+    stride: Triple
+
+
+class Mixed(NamedTuple):
+    """An :class:`InceptionBlock`: widths of branch 0 (1x1), branch 1 (1x1, 3x3), branch 2 (1x1, 3x3) and
+    branch 3 (3x3x3 max-pool, 1x1); ``branch2_conv`` is the TF scope name of branch 2's 3x3 conv."""
+
+    b0: int
+    b1a: int
+    b1b: int
+    b2a: int
+    b2b: int
+    b3: int
+    branch2_conv: str = "Conv3d_0b_3x3"
+
+    @property
+    def widths(self) -> Tuple[int, int, int, int, int, int]:
+        return (self.b0, self.b1a, self.b1b, self.b2a, self.b2b, self.b3)
+
+    @property
+    def out_channels(self) -> int:
+        return self.b0 + self.b1b + self.b2b + self.b3
+
+
+class Head(NamedTuple):
+    """The :class:`LogitsHead`: average pool (VALID) of ``pool``, dropout, 1x1x1 conv with bias."""
+
+    pool: Triple
+
+
+class Softmax(NamedTuple):
+    """Predictions: softmax over the time-averaged logits, no parameters."""
+
+
+Layer = Union[Conv, Pool, Mixed, Head, Softmax]
+
+#: I3D in order, endpoint by endpoint, with the output shape (C x T x H x W) of a 1x3x64x224x224 clip. A model
+#: built up to ``final_endpoint`` is this table's prefix; every other constant below is derived from it.
+ARCHITECTURE: Tuple[Tuple[str, Layer], ...] = (
+    ("Conv3d_1a_7x7", Conv(64, (7, 7, 7), (2, 2, 2))),  # 64 x 32 x 112 x 112
+    ("MaxPool3d_2a_3x3", Pool((1, 3, 3), (1, 2, 2))),  # 64 x 32 x 56 x 56
+    ("Conv3d_2b_1x1", Conv(64)),  # 64 x 32 x 56 x 56
+    ("Conv3d_2c_3x3", Conv(192, (3, 3, 3))),  # 192 x 32 x 56 x 56
+    ("MaxPool3d_3a_3x3", Pool((1, 3, 3), (1, 2, 2))),  # 192 x 32 x 28 x 28
+    ("Mixed_3b", Mixed(64, 96, 128, 16, 32, 32)),  # 256 x 32 x 28 x 28
+    ("Mixed_3c", Mixed(128, 128, 192, 32, 96, 64)),  # 480 x 32 x 28 x 28
+    ("MaxPool3d_4a_3x3", Pool((3, 3, 3), (2, 2, 2))),  # 480 x 16 x 14 x 14
+    ("Mixed_4b", Mixed(192, 96, 208, 16, 48, 64)),  # 512 x 16 x 14 x 14
+    ("Mixed_4c", Mixed(160, 112, 224, 24, 64, 64)),  # 512 x 16 x 14 x 14
+    ("Mixed_4d", Mixed(128, 128, 256, 24, 64, 64)),  # 512 x 16 x 14 x 14
+    ("Mixed_4e", Mixed(112, 144, 288, 32, 64, 64)),  # 528 x 16 x 14 x 14
+    ("Mixed_4f", Mixed(256, 160, 320, 32, 128, 128)),  # 832 x 16 x 14 x 14
+    ("MaxPool3d_5a_2x2", Pool((2, 2, 2), (2, 2, 2))),  # 832 x 8 x 7 x 7
+    # DeepMind's graph names this block's branch-2 3x3 conv "Conv3d_0a_3x3" (a typo in the original, kept in
+    # every checkpoint); the name is kept so that TF and PyTorch names map one to one.
+    ("Mixed_5b", Mixed(256, 160, 320, 32, 128, 128, branch2_conv="Conv3d_0a_3x3")),  # 832 x 8 x 7 x 7
+    ("Mixed_5c", Mixed(384, 192, 384, 48, 128, 128)),  # 1024 x 8 x 7 x 7
+    ("Logits", Head(pool=(2, 7, 7))),  # 400 (400 x 7 per time step before the mean over time)
+    ("Predictions", Softmax()),  # 400
 )
 
-# Inception block widths: (branch0 1x1, branch1 1x1, branch1 3x3, branch2 1x1, branch2 3x3, branch3 1x1).
+#: All 18 endpoints of the original graph, in order.
+ENDPOINTS: Tuple[str, ...] = tuple(name for name, _ in ARCHITECTURE)
+
+#: Inception block widths: (branch0 1x1, branch1 1x1, branch1 3x3, branch2 1x1, branch2 3x3, branch3 1x1).
 INCEPTION_WIDTHS: Dict[str, Tuple[int, int, int, int, int, int]] = {
-    "Mixed_3b": (64, 96, 128, 16, 32, 32),
-    "Mixed_3c": (128, 128, 192, 32, 96, 64),
-    "Mixed_4b": (192, 96, 208, 16, 48, 64),
-    "Mixed_4c": (160, 112, 224, 24, 64, 64),
-    "Mixed_4d": (128, 128, 256, 24, 64, 64),
-    "Mixed_4e": (112, 144, 288, 32, 64, 64),
-    "Mixed_4f": (256, 160, 320, 32, 128, 128),
-    "Mixed_5b": (256, 160, 320, 32, 128, 128),
-    "Mixed_5c": (384, 192, 384, 48, 128, 128),
+    name: layer.widths for name, layer in ARCHITECTURE if isinstance(layer, Mixed)
 }
 
-# (kernel, stride) of the four max-pools between stages.
-MAX_POOLS: Dict[str, Tuple[Tuple[int, int, int], Tuple[int, int, int]]] = {
-    "MaxPool3d_2a_3x3": ((1, 3, 3), (1, 2, 2)),
-    "MaxPool3d_3a_3x3": ((1, 3, 3), (1, 2, 2)),
-    "MaxPool3d_4a_3x3": ((3, 3, 3), (2, 2, 2)),
-    "MaxPool3d_5a_2x2": ((2, 2, 2), (2, 2, 2)),
+#: (kernel, stride) of the four max-pools between stages.
+MAX_POOLS: Dict[str, Tuple[Triple, Triple]] = {
+    name: (layer.kernel, layer.stride) for name, layer in ARCHITECTURE if isinstance(layer, Pool)
 }
 
 #: Window of the final average pool (VALID) over (T, H, W) of Mixed_5c.
-LOGITS_POOL: Tuple[int, int, int] = (2, 7, 7)
+LOGITS_POOL: Triple = next(layer.pool for _, layer in ARCHITECTURE if isinstance(layer, Head))
+
+
+def _trunk_geometry() -> Tuple[int, Triple]:
+    """Channels and total (T, H, W) stride of the feature map that enters the head (Mixed_5c)."""
+    channels, stride = 0, (1, 1, 1)
+    for _, layer in ARCHITECTURE:
+        if isinstance(layer, (Conv, Pool)):
+            stride = tuple(a * b for a, b in zip(stride, layer.stride))
+        if isinstance(layer, (Conv, Mixed)):
+            channels = layer.out_channels
+        if isinstance(layer, Head):
+            break
+    return channels, stride
+
+
+#: Channels of Mixed_5c, the clip descriptor's size (1024), and its stride over (T, H, W): (8, 32, 32).
+NUM_FEATURES, FEATURE_STRIDE = _trunk_geometry()
 
 # Sonnet v1 BatchNorm defaults used by DeepMind.
 BN_EPS = 1e-3
@@ -104,13 +187,12 @@ def min_input_size(endpoint: str = "Logits") -> Tuple[int, int, int]:
     """Smallest (T, H, W) for which TF's graph can compute ``endpoint``.
 
     Only the Logits head has a minimum (its 2x7x7 VALID average pool); the other endpoints accept any
-    size >= 1. The spatial and temporal strides up to Mixed_5c are 8 (time) and 32 (space), and every
+    size >= 1. The strides up to Mixed_5c are :data:`FEATURE_STRIDE` (8 in time, 32 in space), and every
     stage rounds up, so Mixed_5c has ceil(T/8) x ceil(H/32) x ceil(W/32) positions.
     """
     if endpoint not in ("Logits", "Predictions"):
         return (1, 1, 1)
-    t, h, w = LOGITS_POOL
-    return ((t - 1) * 8 + 1, (h - 1) * 32 + 1, (w - 1) * 32 + 1)
+    return tuple((k - 1) * s + 1 for k, s in zip(LOGITS_POOL, FEATURE_STRIDE))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -162,52 +244,11 @@ class MaxPool3dSame(nn.Module):
         # ceil_mode=True yields exactly TF's windows: ceil_mode adds the trailing window that TF's extra
         # `after` pad creates, and PyTorch's implicit padding is -inf, never the max. So any input size is
         # exact without an F.pad copy of the activations.
-        if (
-            self.kernel_size == (3, 3, 3)
-            and self.stride == (1, 1, 1)
-            and x.is_contiguous(memory_format=torch.channels_last_3d)
-            and eager_cpu_inference(x)
-        ):
-            return _separable_max_pool_3x3x3(x)
         before = tuple(same_padding(n, k, s)[0] for n, k, s in zip(x.shape[-3:], self.kernel_size, self.stride))
         return F.max_pool3d(x, self.kernel_size, self.stride, padding=before, ceil_mode=True)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding=SAME"
-
-
-def _separable_max_pool_3x3x3(x: torch.Tensor) -> torch.Tensor:
-    """Stride-1 3x3x3 SAME max-pool of a channels-last clip as three 3-tap maxima, one axis at a time.
-
-    Exact (a max of maxima). Each axis is one pass: the maximum over a 3-frame window (``unfold``, a strided
-    view) for the interior, of the two existing neighbours at the ends (the -inf SAME pad never wins there).
-    PyTorch's channels-last max_pool3d also computes an index tensor that inference drops: on Mixed_3's
-    branch-3 pools (1x256x32x28x28) this is 7 against 17 ms, on Mixed_4's 1.3 against 3.2 ms (a reduction
-    over two or three window axes at once is 10-30x slower than one at a time).
-    """
-    y = x.permute(0, 2, 3, 4, 1)  # N, T, H, W, C: a contiguous view of the channels-last memory
-    for axis in (3, 2, 1):
-        size = y.shape[axis]
-        if size == 1:
-            continue
-        out = torch.empty_like(y)
-        if size > 2:
-            torch.amax(y.unfold(axis, 3, 1), dim=-1, out=out.narrow(axis, 1, size - 2))
-        for end, neighbour in ((0, 1), (size - 1, size - 2)):
-            torch.maximum(y.narrow(axis, end, 1), y.narrow(axis, neighbour, 1), out=out.narrow(axis, end, 1))
-        y = out
-    return y.permute(0, 4, 1, 2, 3)
-
-
-def _zero_pad_channels_last(x: torch.Tensor, pads: Sequence[Tuple[int, int]]) -> torch.Tensor:
-    """``x`` zero-padded by (before, after) on T, H, W, in channels-last-3d memory, with one copy of ``x``."""
-    n, c = x.shape[:2]
-    padded_size = [size + before + after for size, (before, after) in zip(x.shape[2:], pads)]
-    padded = torch.empty([n, c] + padded_size, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
-    padded.zero_()
-    interior = padded[(slice(None), slice(None)) + tuple(slice(b, b + size) for size, (b, _) in zip(x.shape[2:], pads))]
-    interior.copy_(x)
-    return padded
 
 
 def _same_pad_arg(spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int]) -> List[int]:
@@ -221,13 +262,8 @@ def _same_pad_arg(spatial: Sequence[int], kernel: Sequence[int], stride: Sequenc
 class Unit3D(nn.Module):
     """Conv3d (no bias) + BatchNorm (no scale) + ReLU: DeepMind's ``Unit3D`` with its defaults.
 
-    In eval mode without autograd on CPU float32 (``model.eval()`` and ``torch.inference_mode()``), the unit
-    runs as one oneDNN op instead (see :func:`onednn_inference_applies`): BatchNorm folded into the conv
-    weights and bias, the weights pre-packed once into oneDNN's blocked layout, the ReLU fused, activations
-    channels-last-3d; the 3x3x3 units and the 7x7x7 stride-2 stem compute as temporal Winograd
-    (:mod:`i3d_torch.backends.cpu.winograd`) where the clip is long enough for it to pay off. The parameters are not
-    touched; the folded copy is cached outside the module and rebuilt whenever a parameter or BN statistic
-    changes, so training and fine-tuning see plain BatchNorm.
+    This is the definition, and what training, autograd and export run. A backend may replace the unit with
+    a faster one holding the same children (:func:`i3d_torch.backends.cpu.optimize`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=(1, 1, 1), stride=(1, 1, 1)):
@@ -236,129 +272,26 @@ class Unit3D(nn.Module):
         self.batch_norm = BatchNorm3dNoScale(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if onednn_inference_applies(self, x):
-            return self._onednn_forward(x)
         return F.relu(self.batch_norm(self.conv_3d(x)), inplace=True)
 
     def folded_weight_and_bias(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Conv weight and bias with the eval-mode BatchNorm folded in: conv(x) * s + (b - m * s),
-        s = 1 / sqrt(v + eps). Used by :meth:`InceptionI3d.fuse` and the oneDNN inference path."""
+        """Conv weight and bias with the eval-mode BatchNorm folded in: the one place BatchNorm is folded
+        (:meth:`InceptionI3d.fuse`, export and the CPU backend use it).
+
+        conv(x) * s + (b - m * s) with s = g / sqrt(v + eps), g the BatchNorm's scale where it has one (I3D's
+        has none, so g = 1). After :meth:`InceptionI3d.fuse` the BatchNorm is an identity and the conv's own
+        weight and bias are returned.
+        """
         conv, bn = self.conv_3d, self.batch_norm
-        if not isinstance(bn, BatchNorm3dNoScale):  # already fused
+        if isinstance(bn, nn.Identity):  # already fused
             return conv.weight, conv.bias
         scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:  # a BatchNorm with a learned scale, e.g. after SyncBatchNorm conversion
+            scale = scale * bn.weight
         bias = bn.bias - bn.running_mean * scale
         if conv.bias is not None:
             bias = bias + conv.bias * scale
         return conv.weight * scale.view(-1, 1, 1, 1, 1), bias
-
-    def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
-        keep_freed_memory()  # once per process: see i3d_torch.backends.cpu.allocator
-        conv = self.conv_3d
-        pads = [same_padding(n, k, s) for n, k, s in zip(x.shape[-3:], conv.kernel_size, conv.stride)]
-        if all(before == after for before, after in pads):
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-            padding = [before for before, _ in pads]
-            plan = self._inference_plan(tuple(x.shape), padding)
-            if isinstance(plan, TemporalWinogradConv):
-                return plan(x)
-        else:  # asymmetric TF padding (the strided convs): pad explicitly, in the same copy as the layout change
-            padding = [0, 0, 0]
-            padded_shape = tuple(x.shape[:2]) + tuple(n + sum(p) for n, p in zip(x.shape[2:], pads))
-            plan = self._inference_plan(padded_shape, padding)
-            if isinstance(plan, TemporalWinogradConv):  # the stem: pads in the copy that pairs its frames
-                return plan(x, explicit_padding=pads)
-            x = _zero_pad_channels_last(x, pads)
-        weight, bias = plan
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, padding, list(conv.stride), [1, 1, 1], 1, "relu", [], ""
-        )
-
-    def _uses_temporal_winograd(self, size: Sequence[int], padding: List[int]) -> bool:
-        conv = self.conv_3d
-        return TEMPORAL_WINOGRAD and temporal_winograd_applies(conv.kernel_size, conv.stride, padding, size)
-
-    def _inference_plan(self, input_shape: Tuple[int, ...], padding: List[int]):
-        """The folded weights prepared for one input shape: ``(packed weight, bias)`` for the direct oneDNN
-        convolution, or a :class:`TemporalWinogradConv` for the 3x3x3 convolutions that take it."""
-        # Key: the input shape (oneDNN picks the packed layout for it) and the identity and version of
-        # every source tensor, so an optimizer step, load_state_dict or .to() invalidates the copy.
-        sources = [t for t in (self.conv_3d.weight, self.conv_3d.bias) if t is not None]
-        if isinstance(self.batch_norm, BatchNorm3dNoScale):
-            sources += [self.batch_norm.bias, self.batch_norm.running_mean, self.batch_norm.running_var]
-        winograd = self._uses_temporal_winograd(input_shape[2:], padding)
-        if any(t.is_inference() for t in sources):
-            # Parameters made under torch.inference_mode() have no version counter, so an in-place change
-            # could not be seen: fold and pack on every call instead of caching (correct, a bit slower).
-            key = None
-        else:
-            key = (input_shape, tuple(padding), winograd, tuple((t.data_ptr(), t._version) for t in sources))
-        cached = _ONEDNN_WEIGHTS.get(self)
-        if key is None or cached is None or cached[0] != key:
-            weight, bias = self.folded_weight_and_bias()
-            if winograd:
-                plan = TemporalWinogradConv(weight, bias, input_shape, self.conv_3d.stride, padding)
-            else:
-                weight = weight.contiguous(memory_format=torch.channels_last_3d)
-                packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    weight, padding, list(self.conv_3d.stride), [1, 1, 1], 1, list(input_shape)
-                )
-                plan = (packed, None if bias is None else bias.contiguous())
-            cached = _ONEDNN_WEIGHTS[self] = (key, plan)
-        return cached[1]
-
-
-# Packed inference weights per Unit3D, outside the module so that state_dict, deepcopy and pickling of the
-# model never see oneDNN's opaque tensors; entries go away with their module.
-_ONEDNN_WEIGHTS: "weakref.WeakKeyDictionary[Unit3D, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _onednn_ops_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-
-
-#: Whether eval-mode inference without autograd on CPU takes the fused oneDNN path of :class:`Unit3D`. True
-#: where this PyTorch build has oneDNN's fused convolution; set it to False to run the plain conv, BatchNorm
-#: and ReLU modules instead (to compare, or to rule the fast path out when debugging).
-ONEDNN_INFERENCE: bool = _onednn_ops_available()
-
-#: Whether that path computes the 3x3x3 stride-1 convolutions and the stem with temporal Winograd (about half
-#: the multiplications; see :mod:`i3d_torch.backends.cpu.winograd`) where the clip is long enough for it to pay off.
-#: Set it to False for direct oneDNN convolutions everywhere (to compare).
-TEMPORAL_WINOGRAD: bool = True
-
-
-def onednn_inference_applies(unit: "Unit3D", x: torch.Tensor) -> bool:
-    """Whether a unit takes the fused oneDNN path: eval mode, no autograd, float32 input and weights on
-    CPU, not while being traced or exported (export sees the plain conv + BN + ReLU graph). Anything else
-    (another dtype or device, mismatched input) takes the plain modules and their usual errors."""
-    weight = unit.conv_3d.weight
-    return (
-        ONEDNN_INFERENCE
-        and not unit.training
-        and x.dtype == torch.float32
-        and weight.device.type == "cpu"
-        and weight.dtype == torch.float32
-        and eager_cpu_inference(x)
-    )
-
-
-def eager_cpu_inference(x: torch.Tensor) -> bool:
-    """No autograd, a CPU tensor, and eager execution (not scripted, traced, compiled or exported): where the
-    inference-only CPU kernels of this module (fused oneDNN units, separable pools) may replace the plain ops."""
-    return (
-        not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
-        and not _is_exporting()
-    )
-
-
-def _is_exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
-    return bool(is_exporting and is_exporting())
 
 
 class _Branch(nn.Sequential):
@@ -390,10 +323,18 @@ class InceptionBlock(nn.Module):
 
 
 class LogitsHead(nn.Module):
-    """Average pool 2x7x7 VALID, dropout, 1x1x1 conv with bias; returns per-time logits [N, K, T']."""
+    """Average pool (2x7x7 VALID), dropout, 1x1x1 conv with bias; returns per-time logits [N, K, T']."""
 
-    def __init__(self, in_channels: int, num_classes: int, dropout_keep_prob: float, strict_tf_pooling: bool):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dropout_keep_prob: float,
+        strict_tf_pooling: bool,
+        pool: Triple = LOGITS_POOL,
+    ):
         super().__init__()
+        self.pool = tuple(pool)
         if not 0.0 < dropout_keep_prob <= 1.0:
             raise ValueError(f"dropout_keep_prob must be in (0, 1], got {dropout_keep_prob}")
         self.strict_tf_pooling = strict_tf_pooling
@@ -403,17 +344,17 @@ class LogitsHead(nn.Module):
         self.Conv3d_0c_1x1.conv_3d = nn.Conv3d(in_channels, num_classes, 1, bias=True)
 
     def pool_window(self, feature_size: Sequence[int]) -> Tuple[int, int, int]:
-        if all(n >= k for n, k in zip(feature_size, LOGITS_POOL)):
-            return LOGITS_POOL
+        if all(n >= k for n, k in zip(feature_size, self.pool)):
+            return self.pool
         if self.strict_tf_pooling:
-            t, h, w = min_input_size("Logits")
+            t, h, w = ((k - 1) * s + 1 for k, s in zip(self.pool, FEATURE_STRIDE))
             raise ValueError(
                 f"input too small for the Logits head: Mixed_5c is {tuple(feature_size)} (T', H', W') but its "
-                f"2x7x7 VALID average pool (as in TF) needs at least {LOGITS_POOL}, i.e. a clip of at least "
-                f"{t} frames and {h}x{w} pixels; loop the clip to more frames, or build the model with "
-                f"strict_tf_pooling=False to clamp the pool (departs from TF)"
+                f"{'x'.join(map(str, self.pool))} VALID average pool (as in TF) needs at least {self.pool}, i.e. a "
+                f"clip of at least {t} frames and {h}x{w} pixels; loop the clip to more frames, or build the "
+                f"model with strict_tf_pooling=False to clamp the pool (departs from TF)"
             )
-        return tuple(min(n, k) for n, k in zip(feature_size, LOGITS_POOL))
+        return tuple(min(n, k) for n, k in zip(feature_size, self.pool))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         window = self.pool_window(x.shape[-3:])
@@ -466,27 +407,22 @@ class InceptionI3d(nn.Module):
         self.endpoints: Tuple[str, ...] = ENDPOINTS[: last + 1]
 
         channels = in_channels
-        for name in self.endpoints:
-            if name == "Conv3d_1a_7x7":
-                module, channels = Unit3D(channels, 64, (7, 7, 7), (2, 2, 2)), 64
-            elif name == "Conv3d_2b_1x1":
-                module, channels = Unit3D(channels, 64), 64
-            elif name == "Conv3d_2c_3x3":
-                module, channels = Unit3D(channels, 192, (3, 3, 3)), 192
-            elif name in MAX_POOLS:
-                module = MaxPool3dSame(*MAX_POOLS[name])
-            elif name in INCEPTION_WIDTHS:
-                # DeepMind's graph names Mixed_5b's second branch-2 conv "Conv3d_0a_3x3" (a typo in the
-                # original, kept in every checkpoint); we keep it so names map one to one.
-                branch2 = "Conv3d_0a_3x3" if name == "Mixed_5b" else "Conv3d_0b_3x3"
-                module = InceptionBlock(channels, INCEPTION_WIDTHS[name], branch2)
-                channels = module.out_channels
-            elif name == "Logits":
-                module = LogitsHead(channels, num_classes, dropout_keep_prob, strict_tf_pooling)
-            else:  # Predictions: softmax over the time-averaged logits, no parameters
+        for name, layer in ARCHITECTURE[: len(self.endpoints)]:
+            if isinstance(layer, Conv):
+                module = Unit3D(channels, layer.out_channels, layer.kernel, layer.stride)
+                channels = layer.out_channels
+            elif isinstance(layer, Pool):
+                module = MaxPool3dSame(layer.kernel, layer.stride)
+            elif isinstance(layer, Mixed):
+                module = InceptionBlock(channels, layer.widths, layer.branch2_conv)
+                channels = layer.out_channels
+            elif isinstance(layer, Head):
+                module = LogitsHead(channels, num_classes, dropout_keep_prob, strict_tf_pooling, layer.pool)
+            else:
                 module = nn.Softmax(dim=1)
             self.add_module(name, module)
-        self.num_features = 1024
+        #: Size of the clip descriptor (:meth:`pooled_features`): the channels of Mixed_5c.
+        self.num_features = NUM_FEATURES
         # Range/NaN checks on every input (a few ms on a 64-frame clip); off for benchmarks and export.
         self.check_values = True
 
@@ -509,17 +445,14 @@ class InceptionI3d(nn.Module):
             else:
                 x = getattr(self, name)(x)
             if name in wanted:
-                # The oneDNN inference path runs channels-last; hand out the usual contiguous layout.
+                # A backend may run channels-last inside; hand out the usual contiguous layout.
                 out[name] = x.contiguous()
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Output of ``final_endpoint``: with the default, the time-averaged logits ``[N, num_classes]``.
 
-        Shapes for a 1x3x64x224x224 clip: Conv3d_1a 64x32x112x112, MaxPool3d_2a 64x32x56x56,
-        Conv3d_2c 192x32x56x56, MaxPool3d_3a 192x32x28x28, Mixed_3c 480x32x28x28,
-        MaxPool3d_4a 480x16x14x14, Mixed_4f 832x16x14x14, MaxPool3d_5a 832x8x7x7, Mixed_5c 1024x8x7x7,
-        Logits 400.
+        Each endpoint's shape for a 1x3x64x224x224 clip is on its line of :data:`ARCHITECTURE`.
         """
         return self._run(x, [self.final_endpoint])[self.final_endpoint]
 
@@ -589,7 +522,7 @@ class InceptionI3d(nn.Module):
         if self.training:
             raise RuntimeError("fuse() is for inference: call model.eval() first")
         for unit in self.modules():
-            if isinstance(unit, Unit3D) and isinstance(unit.batch_norm, BatchNorm3dNoScale):
+            if isinstance(unit, Unit3D) and not isinstance(unit.batch_norm, nn.Identity):
                 weight, bias = unit.folded_weight_and_bias()
                 unit.conv_3d.weight = nn.Parameter(weight)
                 unit.conv_3d.bias = nn.Parameter(bias)

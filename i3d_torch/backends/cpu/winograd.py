@@ -45,6 +45,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from i3d_torch.backends.cpu.scratch import Carver, Scratch, aligned_numel
+
 __all__ = ["transform_matrices", "temporal_winograd_applies", "TemporalWinogradConv"]
 
 #: The finite interpolation points of each filter's Winograd algorithm; infinity is always the last point, so
@@ -104,9 +106,10 @@ def transform_matrices(
                 scale *= point - other
         scales.append(scale)
     scales.append(Fraction(1))
-    vandermonde = [[p**j for j in range(components)] for p in points] + [[Fraction(0)] * (components - 1) + [Fraction(1)]]
+    infinity_row = [Fraction(0)] * (components - 1) + [Fraction(1)]
+    vandermonde = [[p**j for j in range(components)] for p in points] + [infinity_row]
     inverse = _exact_inverse(vandermonde)
-    input_transform = [[scales[k] * inverse[l][k] for l in range(components)] for k in range(components)]
+    input_transform = [[scales[k] * inverse[row][k] for row in range(components)] for k in range(components)]
     kernel = [[p**j / s for j in range(taps)] for p, s in zip(points, scales)] + [[0] * (taps - 1) + [1]]
     output = [[p**i for p in points] + [int(i == outputs - 1)] for i in range(outputs)]
 
@@ -130,10 +133,9 @@ class _Choice:
 
 #: (temporal kernel, temporal stride) -> its choice. The 3x3x3 convolutions mix F(6, 3) and F(4, 3) tiles
 #: where the output images are large: 4 + 2 of them cover 32 frames with 44 products against 48 for 8 of
-#: F(4, 3) (F(6, 3) alone needs 6 tiles, 48 products, for 36 frames). Measured in the 64-frame model on the
-#: Intel machine, that took Conv3d_2c (56x56) from 104 to 96 ms but gained nothing on Mixed_3 (28x28) and lost
-#: 1-2 ms per block on Mixed_4 (14x14, 2 tiles of F(6, 3) and 1 of F(4, 3)), where more and smaller oneDNN
-#: calls cost more than the saved products. The stem's transforms move more memory per multiplication saved
+#: F(4, 3) (F(6, 3) alone needs 6 tiles, 48 products, for 36 frames). That pays on Conv3d_2c's 56x56 images
+#: but not on Mixed_3's and Mixed_4's smaller ones, where more and smaller oneDNN calls cost more than the saved
+#: products (docs/performance.md, round four). The stem's transforms move more memory per multiplication saved
 #: (its products have 6 input channels), so it needs a larger saving.
 _CHOICES: Dict[Tuple[int, int], _Choice] = {
     (3, 1): _Choice((F63_POINTS, F43_POINTS), 2 / 3, large_tile_min_pixels=56 * 56),
@@ -215,7 +217,7 @@ class _Segment:
 class TemporalWinogradConv:
     """A convolution + bias + ReLU for one input shape, as temporal Winograd (see the module docstring).
 
-    Built once per (weights, input shape) by the inference path of :class:`i3d_torch.core.model.Unit3D` (which
+    Built once per (weights, input shape) by :class:`i3d_torch.backends.cpu.fused_unit.CpuUnit3D` (which
     caches it like the packed weights of the direct path) and called with channels-last float32 input on
     CPU. ``weight`` is ``[C_out, C_in, kT, kH, kW]`` with BatchNorm already folded in; ``bias`` is ``[C_out]``;
     ``input_shape`` is the shape of the input the convolution sees, explicit padding included; ``stride`` and
@@ -276,29 +278,62 @@ class TemporalWinogradConv:
                 for bank in banks
             ]
         self.bias = None if bias is None else bias.detach().float().contiguous()
+        # Working buffers that never leave the call, in this order: the paired frames (the stem only), each
+        # segment's transformed frames, then one region for the products of one segment at a time.
+        self.paired_shape = (batch, self.filter_frames, height, width, self.pairing, channels)
+        self.transformed_shapes = [
+            (segment.components, batch, segment.tiles, height * width * self.pairing * channels)
+            for segment in self.segments
+        ]
+        self.products_shapes = [
+            (len(segment.shared_components), batch * segment.tiles, self.out_height, self.out_width, out_channels)
+            for segment in self.segments
+        ]
+        self.scratch_numel = (
+            (aligned_numel(self.paired_shape) if self.pairing > 1 else 0)
+            + sum(aligned_numel(shape) for shape in self.transformed_shapes)
+            + max(aligned_numel(shape) for shape in self.products_shapes)
+        )
 
     def __call__(
-        self, x: torch.Tensor, explicit_padding: Optional[Sequence[Tuple[int, int]]] = None
+        self,
+        x: torch.Tensor,
+        explicit_padding: Optional[Sequence[Tuple[int, int]]] = None,
+        scratch: Optional[Scratch] = None,
     ) -> torch.Tensor:
         """The convolution of ``x``: channels-last of the built input shape, or, with ``explicit_padding``
         ((before, after) zeros per axis T, H, W: the stem's asymmetric TF SAME padding), the unpadded clip in
-        any layout, padded in the same copy that pairs its frames."""
-        batch, _, _, height, width = self.input_shape
+        any layout, padded in the same copy that pairs its frames. The working buffers come from ``scratch``
+        where given (and not lent to another call), from ``malloc`` otherwise; the result is the same."""
         padded_shape = tuple(x.shape[:2]) + tuple(
             size + sum(pads) for size, pads in zip(x.shape[2:], explicit_padding or [(0, 0)] * 3)
         )
         if padded_shape != self.input_shape:
             raise ValueError(f"built for input {self.input_shape}, got {padded_shape}")
+        if scratch is None:
+            return self._convolve(x, explicit_padding, None)
+        with scratch.lend(self.scratch_numel) as carver:
+            return self._convolve(x, explicit_padding, carver)
+
+    def _buffer(self, carver: Optional[Carver], like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        return like.new_empty(shape) if carver is None else carver.take(shape)
+
+    def _convolve(
+        self, x: torch.Tensor, explicit_padding: Optional[Sequence[Tuple[int, int]]], carver: Optional[Carver]
+    ) -> torch.Tensor:
+        batch, _, _, height, width = self.input_shape
         out_channels, out_height, out_width = self.out_channels, self.out_height, self.out_width
         if self.pairing > 1 or explicit_padding is not None:
-            clip = self._paired_frames(x, explicit_padding or [(0, 0)] * 3)
+            paired = self._buffer(carver if self.pairing > 1 else None, x, self.paired_shape)
+            clip = self._paired_frames(x, explicit_padding or [(0, 0)] * 3, paired)
+            del paired  # clip holds it; freed below where it came from malloc
         else:
             clip = x.permute(0, 2, 3, 4, 1)  # N, T, H, W, C: a view of the channels-last memory
         clip_rows = clip.reshape(batch, self.filter_frames, -1)
         transformed_frames = []
-        for segment in self.segments:
+        for segment, shape in zip(self.segments, self.transformed_shapes):
             # Component-major, so that each component's N * tiles images are one contiguous batch.
-            transformed = x.new_empty(segment.components, batch, segment.tiles, clip_rows.shape[-1])
+            transformed = self._buffer(carver, x, shape)
             self._transform_frames(segment, clip_rows, transformed)
             transformed_frames.append(transformed.view(segment.components, batch * segment.tiles, height, width, -1))
         del clip, clip_rows  # the stem's paired frames (44 MB at 64 frames) are not needed past this point
@@ -308,11 +343,14 @@ class TemporalWinogradConv:
         # place where that slice is contiguous, i.e. for a single clip).
         single = len(self.segments) == 1
         out = None if single else x.new_empty(batch, covered, out_height * out_width * out_channels)
-        for segment, transformed in zip(self.segments, transformed_frames):
+        products_offset = None if carver is None else carver.offset
+        for segment, transformed, products_shape in zip(self.segments, transformed_frames, self.products_shapes):
             tiles, components, tile_frames = segment.tiles, segment.components, segment.tile_frames
-            # The shared components' products go through the output transform.
+            # The shared components' products go through the output transform; oneDNN accumulates into them.
             shared = len(segment.shared_components)
-            products = x.new_zeros(shared, batch * tiles, out_height, out_width, out_channels)
+            if carver is not None:
+                carver.offset = products_offset  # one segment's products at a time
+            products = self._buffer(carver, x, products_shape).zero_()
             for slot, component in enumerate(segment.shared_components):
                 self._accumulate(segment, component, transformed[component], products[slot], relu=False)
             per_tile = products.view(shared, batch, tiles, -1).permute(1, 2, 0, 3)  # [N, tiles, shared, ...]
@@ -355,17 +393,20 @@ class TemporalWinogradConv:
                 if tile in inside:
                     continue
                 first, stop = max(start, 0), min(start + components, frames)
-                torch.mm(segment.input_matrix[:, first - start : stop - start], rows[first:stop], out=into[:, clip, tile])
+                matrix = segment.input_matrix[:, first - start : stop - start]
+                torch.mm(matrix, rows[first:stop], out=into[:, clip, tile])
 
-    def _paired_frames(self, x: torch.Tensor, explicit_padding: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    def _paired_frames(
+        self, x: torch.Tensor, explicit_padding: Sequence[Tuple[int, int]], paired: torch.Tensor
+    ) -> torch.Tensor:
         """``[N, C, T, H, W]`` (any layout) -> ``[N, ceil(T' / p), H', W', p * C]``, the clip after its explicit
         zero padding (T', H', W') with frames p*s ... p*s + p - 1 side by side in the channels (p = pairing; a
-        missing last frame is zero), in one copy of ``x``: only the padding is written besides."""
+        missing last frame is zero), written into ``paired`` (``[N, ceil(T' / p), H', W', p, C]``) in one copy
+        of ``x``: only the padding is written besides."""
         batch, channels = x.shape[:2]
         (frames_before, _), (rows_before, _), (cols_before, _) = explicit_padding
         frames, rows, cols = x.shape[2:]
         height, width = self.input_shape[3:]
-        paired = x.new_empty(batch, self.filter_frames, height, width, self.pairing, channels)
         clip = x.permute(0, 2, 3, 4, 1)  # N, T, H, W, C (a view)
         for half in range(self.pairing):
             # Padded frame p*s + half is frame p*s + half - frames_before of the clip.
@@ -380,7 +421,8 @@ class TemporalWinogradConv:
             inner[:, :, rows_before + rows :].zero_()
             inner[:, :, rows_before : rows_before + rows, :cols_before].zero_()
             inner[:, :, rows_before : rows_before + rows, cols_before + cols :].zero_()
-            inner[:, :, rows_before : rows_before + rows, cols_before : cols_before + cols].copy_(clip[:, first :: self.pairing])
+            interior = inner[:, :, rows_before : rows_before + rows, cols_before : cols_before + cols]
+            interior.copy_(clip[:, first :: self.pairing])
         return paired.view(batch, self.filter_frames, height, width, self.pairing * channels)
 
     def _accumulate(
