@@ -235,6 +235,34 @@ def test_winograd_working_memory_is_kept_per_model_and_gives_the_same_result():
 
 
 @needs_engine
+def test_kept_working_memory_serves_inference_mode_then_no_grad():
+    # The first forward under torch.inference_mode() must not leave an inference tensor behind that a later
+    # forward under torch.no_grad() (also the engine's path) would have to write in place.
+    model = cpu.optimize(random_model("Mixed_3c"))
+    x = clip((1, 3, 16, 64, 64))
+    with torch.inference_mode():
+        first = model(x)
+    with torch.no_grad():
+        second = model(x)
+    assert cpu.scratch_nbytes(model) > 0
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_autocast_runs_the_plain_modules_with_its_casts(dtype):
+    # Under torch.autocast("cpu") the convolutions must see autocast's casts; the fused float32 engine would
+    # receive a reduced-precision input and fail ("Input type ... should be the same").
+    model = cpu.optimize(random_model("Mixed_3c"))
+    x = clip((1, 3, 8, 64, 64))
+    with torch.inference_mode():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=dtype):
+            got = model(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05 * float(expected.abs().max()))
+
+
+@needs_engine
 def test_threads_sharing_one_model_get_correct_results():
     import threading
 

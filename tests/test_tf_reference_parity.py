@@ -19,6 +19,7 @@ import torch
 
 pytest.importorskip("tensorflow", reason="the TF reference needs TensorFlow (pip install 'i3d-torch[tf]')")
 
+from i3d_torch.backends import cpu  # noqa: E402
 from i3d_torch.core.errors import ConversionError  # noqa: E402
 from i3d_torch.core.model import ENDPOINTS, InceptionI3d  # noqa: E402
 from i3d_torch.core.transforms import rgb_to_model_input  # noqa: E402
@@ -41,12 +42,13 @@ PUBLISHED_LOGITS_MIN_CORRELATION = 0.98
 
 
 def build_pair(variables, tf_scope=""):
-    """The PyTorch model and the TF reference, both from the same TF-named variables."""
+    """The PyTorch model on the default path (the CPU engine load_model applies) and the TF reference, both from
+    the same TF-named variables."""
     state_dict, modality, num_classes = variables_to_state_dict(variables)
     model = InceptionI3d(num_classes=num_classes, in_channels=3 if modality == "rgb" else 2).eval()
     model.load_state_dict(state_dict, strict=True)
     model.check_values = False
-    return model, TFInceptionI3d(variables, scope=tf_scope)
+    return cpu.optimize(model), TFInceptionI3d(variables, scope=tf_scope)
 
 
 def random_clip(shape, seed=0):

@@ -14,6 +14,7 @@ import sys
 import warnings
 from typing import List, Optional
 
+from i3d_torch.backends import cpu as cpu_backend
 from i3d_torch.core.errors import I3DError
 
 #: (command, module, one-line help). Modules are imported only when their command runs.
@@ -49,6 +50,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     command_parser = argparse.ArgumentParser(prog=f"i3d-torch {args.command}")
     module.add_arguments(command_parser)
     command_args = command_parser.parse_args(argv[1:])
+    # The command line owns its process, so it may make the process-wide choice the library never makes by
+    # itself: freed CPU memory kept for reuse, so the next forward does not page-fault its activations in again
+    # (docs/performance.md; I3D_TORCH_KEEP_FREED_MEMORY=0 turns it off).
+    cpu_backend.keep_freed_memory()
     if not os.environ.get("I3D_TORCH_DEBUG"):
         # The command line owns its process: warnings print as one line each, like errors, without the source
         # line Python's default format adds.

@@ -20,11 +20,20 @@ def _is_exporting() -> bool:
     return bool(is_exporting and is_exporting())
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")  # torch >= 2.4
+    except TypeError:  # pragma: no cover - older torch
+        return torch.is_autocast_cpu_enabled()
+
+
 def eager_cpu_inference(x: torch.Tensor) -> bool:
-    """No autograd, a CPU tensor, and eager execution (not scripted, traced, compiled or exported)."""
+    """No autograd, a CPU tensor, no CPU autocast (its casts belong to the plain ops), and eager execution (not
+    scripted, traced, compiled or exported)."""
     return (
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
+        and not _cpu_autocast()
         and not torch.jit.is_scripting()
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()

@@ -64,7 +64,10 @@ class Scratch:
         try:
             if self._block is None or self._block.numel() < numel:
                 self._block = None  # free the smaller block before allocating the larger one
-                self._block = torch.empty(numel, dtype=torch.float32)
+                # A normal tensor even when the first forward runs under torch.inference_mode(): an inference
+                # tensor could not be written in place by a later forward under torch.no_grad().
+                with torch.inference_mode(False):
+                    self._block = torch.empty(numel, dtype=torch.float32)
             yield Carver(self._block)
         finally:
             self._lock.release()
