@@ -14,12 +14,17 @@ import numpy as np
 
 from i3d_torch.apps.fvd import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_PROTOCOL,
     MIN_FRAMES,
+    PROTOCOLS,
     SmallSampleWarning,
     VideoSetStats,
     compute_stats,
     embedding_model,
     fvd,
+    fvd_by_set_size,
+    get_protocol,
+    plot_fvd_by_set_size,
 )
 from i3d_torch.apps.fvd.videosets import too_few_frames
 from i3d_torch.core.defaults import DEFAULT_WEIGHTS
@@ -75,6 +80,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"weights registry name or file (default {DEFAULT_WEIGHTS}, the TF-Hub module's)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--protocol",
+        default=DEFAULT_PROTOCOL,
+        metavar="NAME",
+        help=f"how FVD is computed: {', '.join(PROTOCOLS)} (default {DEFAULT_PROTOCOL}, the TF reference; "
+        f"see docs/fvd.md). Unknown names are refused",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add a 95%% confidence interval from N resamples of both sets (seeded by --seed)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --bootstrap and --plot subsets (default 0)")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="write a PNG of FVD against the number of videos per set (needs matplotlib)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--cache-stats takes one file per set (REAL, then FAKE), got {len(args.cache_stats)}")
     if args.frames is not None and args.frames < MIN_FRAMES:
         raise InputError(too_few_frames(args.frames, "--frames"))
+    get_protocol(args.protocol)  # an unknown name fails before any work
+    if args.bootstrap < 0:
+        raise InputError(f"--bootstrap takes a number of resamples >= 0, got {args.bootstrap}")
+    if args.plot is not None and not str(args.plot).lower().endswith(".png"):
+        raise InputError(f"--plot writes a PNG; give a FILE.png, got {args.plot}")
     progress = not args.quiet and sys.stderr.isatty()
     with warnings.catch_warnings(record=True) as caught, distributed.process_group(args.device):
         warnings.simplefilter("always", SmallSampleWarning)
@@ -100,7 +131,12 @@ def run(args: argparse.Namespace) -> int:
                 kvd=args.kvd,
                 cache_stats=args.cache_stats,
                 progress=progress,
+                protocol=args.protocol,
+                bootstrap=args.bootstrap,
+                seed=args.seed,
             )
+            if args.plot is not None:
+                _plot(args, progress)  # on every rank: embedding is sharded under torchrun
     if not distributed.is_main_process():
         return 0
     for warning in _unique_messages(caught):
@@ -111,14 +147,48 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**result.to_dict(), "real": str(args.real), "fake": str(args.fake)}, sort_keys=True))
     else:
         line = f"FVD {result.fvd:.4f}"
+        if result.bootstrap is not None:
+            ci = result.bootstrap
+            line += f" [{ci['low']:.4f}, {ci['high']:.4f}] ({ci['confidence']:.0%}, {ci['n']} resamples)"
         if result.kvd is not None:
             no_std = result.kvd_std is None or np.isnan(result.kvd_std)
             line += f"  KVD {result.kvd:.6g}" + ("" if no_std else f" (std {result.kvd_std:.3g})")
         print(
             f"{line}  ({result.n_real} real, {result.n_fake} fake videos of {result.frames} frames; "
-            f"{result.model_name})"
+            f"{result.model_name}; protocol {result.protocol} {result.protocol_hash})"
         )
     return 0
+
+
+def _plot(args: argparse.Namespace, progress: bool) -> None:
+    """FVD on random subsets of growing size, as a PNG. The statistics come from the caches when given (the
+    embeddings are in them), else the sets are embedded again: give --cache-stats to embed once."""
+    model = None
+    stats = []
+    caches = list(args.cache_stats) + [None] * 2
+    for source, cache, role in ((args.real, caches[0], "real"), (args.fake, caches[1], "fake")):
+        if cache is None and str(source).endswith(".npz"):
+            stats.append(VideoSetStats.load(source))
+            continue
+        if model is None:
+            model = embedding_model(args.weights, args.device)
+        stats.append(
+            compute_stats(
+                source,
+                model,
+                frames=args.frames,
+                batch_size=args.batch_size,
+                device=args.device,
+                progress=progress,
+                cache=cache,
+                protocol=args.protocol,
+                role=role,
+            )
+        )
+    if not distributed.is_main_process():
+        return
+    curve = fvd_by_set_size(stats[0].embeddings, stats[1].embeddings, args.protocol, seed=args.seed)
+    plot_fvd_by_set_size(curve, args.plot, title=f"FVD ({args.protocol}) against the number of videos")
 
 
 def _cache_only(args: argparse.Namespace, progress: bool) -> VideoSetStats:
@@ -130,6 +200,7 @@ def _cache_only(args: argparse.Namespace, progress: bool) -> VideoSetStats:
         device=args.device,
         progress=progress,
         cache=args.cache_stats[0],
+        protocol=args.protocol,
     )
 
 
@@ -140,6 +211,8 @@ def _print_stats(stats: VideoSetStats, args: argparse.Namespace) -> None:
         "frames": stats.frames,
         "model": stats.model_name,
         "model_sha256": stats.model_sha256,
+        "protocol": get_protocol(args.protocol).name,
+        "protocol_hash": get_protocol(args.protocol).spec_hash,
     }
     if args.json:
         print(json.dumps(summary, sort_keys=True))

@@ -18,6 +18,11 @@ KVD is the unbiased squared MMD with the polynomial kernel ``k(x, y) = (x.y / d 
 embeddings (tensorflow_gan's ``kernel_classifier_distance_and_std_from_activations``: the block estimator
 with blocks of at most 1024 videos, which is the plain unbiased estimator for sets of <= 1024).
 
+Beyond the reference: :class:`FrechetVideoDistance` (:mod:`.metric`), a streaming torchmetrics ``Metric`` for
+training and evaluation loops (running float64 sums, summed across ranks); named protocols (:mod:`.protocols`:
+``tf`` is the reference above and the default; ``stylegan-v``, ``videogpt``, ``tats``, ``cd-fvd`` transcribe other
+published code); bootstrap intervals and FVD-against-set-size curves (:mod:`.bootstrap`). docs/fvd.md has details.
+
 A set of videos (:mod:`.videosets`) is an array ``[N, T, H, W, 3]`` (uint8 0..255, or floats in [0, 1]), a
 ``.npy`` of one, a folder of videos or frame folders, or an ``.npz`` of statistics cached by an earlier run.
 The names below are the package's stable API; ``i3d_torch.fvd`` is :func:`fvd`.
@@ -35,6 +40,8 @@ from i3d_torch.apps.fvd.api import (
     model_name,
     model_sha256,
 )
+from i3d_torch.apps.fvd.bootstrap import BootstrapInterval, bootstrap_fvd, fvd_by_set_size, plot_fvd_by_set_size
+from i3d_torch.apps.fvd.protocols import DEFAULT_PROTOCOL, PROTOCOLS, Protocol, get_protocol
 from i3d_torch.apps.fvd.resize import FVD_SIZE, PREPROCESSING, resize_bilinear_tf1
 from i3d_torch.apps.fvd.stats import (
     KVD_MAX_BLOCK_SIZE,
@@ -56,6 +63,15 @@ from i3d_torch.apps.fvd.videosets import (
 )
 
 __all__ = [
+    "BootstrapInterval",
+    "DEFAULT_PROTOCOL",
+    "FrechetVideoDistance",
+    "PROTOCOLS",
+    "Protocol",
+    "bootstrap_fvd",
+    "fvd_by_set_size",
+    "get_protocol",
+    "plot_fvd_by_set_size",
     "CACHE_FORMAT",
     "DEFAULT_BATCH_SIZE",
     "FVD_SIZE",
@@ -84,3 +100,12 @@ __all__ = [
     "resize_bilinear_tf1",
     "trace_sqrt_product",
 ]
+
+
+def __getattr__(name: str):
+    # torchmetrics is imported only by those who use the streaming metric.
+    if name == "FrechetVideoDistance":
+        from i3d_torch.apps.fvd.metric import FrechetVideoDistance
+
+        return FrechetVideoDistance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
