@@ -24,8 +24,12 @@ BLOCKS = list(INCEPTION_WIDTHS)  # Mixed_3b ... Mixed_5c
 TORCHVISION_BLOCKS = ["inception3a", "inception3b", "inception4a", "inception4b", "inception4c",
                       "inception4d", "inception4e", "inception5a", "inception5b"]
 # 2D pools between stages: (kernel, stride) in space; I3D gives them these temporal (kernel, stride).
-POOLS_2D = {"MaxPool3d_2a_3x3": (3, 2), "MaxPool3d_3a_3x3": (3, 2), "MaxPool3d_4a_3x3": (3, 2), "MaxPool3d_5a_2x2": (2, 2)}
-POOLS_TIME = {"MaxPool3d_2a_3x3": (1, 1), "MaxPool3d_3a_3x3": (1, 1), "MaxPool3d_4a_3x3": (3, 2), "MaxPool3d_5a_2x2": (2, 2)}
+POOLS_2D = {
+    "MaxPool3d_2a_3x3": (3, 2), "MaxPool3d_3a_3x3": (3, 2), "MaxPool3d_4a_3x3": (3, 2), "MaxPool3d_5a_2x2": (2, 2)
+}  # fmt: skip
+POOLS_TIME = {
+    "MaxPool3d_2a_3x3": (1, 1), "MaxPool3d_3a_3x3": (1, 1), "MaxPool3d_4a_3x3": (3, 2), "MaxPool3d_5a_2x2": (2, 2)
+}  # fmt: skip
 
 
 def pad_same_2d(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
@@ -48,7 +52,8 @@ class Unit2D(nn.Module):
             self.bn.running_var.uniform_(0.5, 1.5)
             self.bn.bias.normal_(0.0, 0.1)
             if scale:  # include negative scales: the fold must hold for them too
-                self.bn.weight.copy_(torch.empty(cout).uniform_(0.5, 1.5) * torch.where(torch.rand(cout) < 0.2, -1.0, 1.0))
+                signs = torch.where(torch.rand(cout) < 0.2, -1.0, 1.0)
+                self.bn.weight.copy_(torch.empty(cout).uniform_(0.5, 1.5) * signs)
             else:
                 self.bn.weight.fill_(1.0)
 
@@ -212,7 +217,9 @@ def assert_boring_video_property(model3d: InceptionI3d, twin: InceptionV1Twin, f
         assert positions, f"{name}: no time step free of border effects with {frames} frames"
         assert got[name].shape[2] == len(valid[name])
         for t in positions:
-            torch.testing.assert_close(got[name][:, :, t], ref[name], rtol=1e-9, atol=1e-9, msg=lambda m: f"{name} t={t}: {m}")
+            torch.testing.assert_close(
+                got[name][:, :, t], ref[name], rtol=1e-9, atol=1e-9, msg=lambda m: f"{name} t={t}: {m}"
+            )
     # Mixed_5c averaged over space, per valid time step (the pooled descriptor of a boring video).
     positions = [t for t, ok in enumerate(valid["Mixed_5c"]) if ok]
     torch.testing.assert_close(
@@ -270,7 +277,9 @@ def test_inflated_kernel_is_the_2d_kernel_repeated_and_divided_by_its_temporal_s
         assert kernel.shape[2] == time
         for t in range(time):
             torch.testing.assert_close(kernel[:, :, t].double(), unit.conv.weight.detach() / time, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(state[f"{i3d_name}.batch_norm.running_var"].double(), unit.bn.running_var, rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            state[f"{i3d_name}.batch_norm.running_var"].double(), unit.bn.running_var, rtol=1e-6, atol=0
+        )
 
 
 def test_torchvision_and_slim_namings_give_the_same_state_dict_when_the_scale_is_one(slim_twin):
@@ -285,7 +294,10 @@ def test_torchvision_classifier_becomes_the_logits_layer(slim_twin):
     model = inflated_model(slim_twin.torchvision_state_dict())
     assert model.num_classes == 7
     torch.testing.assert_close(
-        model.Logits.Conv3d_0c_1x1.conv_3d.weight[:, :, 0, 0, 0].double(), slim_twin.fc.weight.detach(), rtol=1e-6, atol=1e-7
+        model.Logits.Conv3d_0c_1x1.conv_3d.weight[:, :, 0, 0, 0].double(),
+        slim_twin.fc.weight.detach(),
+        rtol=1e-6,
+        atol=1e-7,
     )
     fresh = inflated_model(slim_twin.torchvision_state_dict(), num_classes=3, strict_tf_pooling=False)
     assert fresh.num_classes == 3

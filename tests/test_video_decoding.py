@@ -60,7 +60,9 @@ def bilinear_reference(image: np.ndarray, height: int, width: int) -> np.ndarray
 
 def short_side_size(height: int, width: int, short: int = 256):
     scale = short / min(height, width)
-    return (short, int(np.floor(width * scale + 0.5))) if height <= width else (int(np.floor(height * scale + 0.5)), short)
+    if height <= width:
+        return short, int(np.floor(width * scale + 0.5))
+    return int(np.floor(height * scale + 0.5)), short
 
 
 def smooth_random_frames(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -387,7 +389,8 @@ def test_8k_video_streams_with_bounded_memory(tmp_path):
         frames[i, :, i * 500 : i * 500 + 700] = 255
     path = write_video(tmp_path / "8k.mp4", frames, 25, "mpeg4")
     del frames
-    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], capture_output=True, text=True, timeout=300)
+    probe = [sys.executable, "-c", MEMORY_PROBE, str(path)]
+    result = subprocess.run(probe, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     after_first, after_all, distinct_shapes, out_h, out_w, _ = map(float, result.stdout.split())
     assert (distinct_shapes, out_h, out_w) == (1, 256, 455)

@@ -114,7 +114,8 @@ class _Source:
     def __init__(self, state_dict_2d: Mapping[str, object], naming: str):
         prefix = "InceptionV1/"
         self.values = {
-            (k[len(prefix):] if naming == "tf_slim" and k.startswith(prefix) else k): v for k, v in state_dict_2d.items()
+            (k[len(prefix) :] if naming == "tf_slim" and k.startswith(prefix) else k): v
+            for k, v in state_dict_2d.items()
         }
         self.naming = naming
         self.used: set = set()
@@ -212,7 +213,9 @@ def inflate(
             )
         for what, vector in (("offset", beta), ("moving mean", mean), ("moving variance", var), ("scale", gamma)):
             if vector is not None and tuple(vector.shape) != (out_c,):
-                raise ConversionError(f"{name2d}: BatchNorm {what} has shape {tuple(vector.shape)}, expected ({out_c},)")
+                raise ConversionError(
+                    f"{name2d}: BatchNorm {what} has shape {tuple(vector.shape)}, expected ({out_c},)"
+                )
         if gamma is not None:
             # Fold the 2D BatchNorm's scale into the kernel and mean (exact with running statistics).
             kernel = kernel * gamma.view(-1, 1, 1, 1)
@@ -253,7 +256,8 @@ def inflated_model(
     otherwise a fresh logits layer for ``num_classes`` classes (400 when neither is given).
     """
     state = inflate(state_dict_2d, naming=naming)
-    source_classes = state["Logits.Conv3d_0c_1x1.conv_3d.weight"].shape[0] if "Logits.Conv3d_0c_1x1.conv_3d.weight" in state else None
+    head = state.get("Logits.Conv3d_0c_1x1.conv_3d.weight")
+    source_classes = head.shape[0] if head is not None else None
     keep_head = source_classes is not None and num_classes in (None, source_classes)
     if not keep_head:
         state = OrderedDict((k, v) for k, v in state.items() if not k.startswith("Logits."))

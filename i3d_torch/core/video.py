@@ -413,7 +413,8 @@ def _open_error(path: str, error: Exception) -> VideoError:
         hint = ""
         if path.lower().endswith((".mp4", ".mov", ".m4v", ".3gp")):
             hint = "; an MP4/MOV cut short loses its index (moov atom) and cannot be read"
-        return VideoError(f"not a readable video: FFmpeg found invalid data (damaged, truncated, or not a video{hint})", path)
+        problem = f"not a readable video: FFmpeg found invalid data (damaged, truncated, or not a video{hint})"
+        return VideoError(problem, path)
     return VideoError(f"cannot open as a video ({reason})", path)
 
 
@@ -690,7 +691,7 @@ def iter_frames(
 
 
 def read_video(path: PathLike, **iter_frames_kwargs) -> Tuple[np.ndarray, VideoInfo]:
-    """The whole video as uint8 ``[T, H, W, 3]`` (see :func:`iter_frames` for the options) and its :class:`VideoInfo`."""
+    """The whole video as uint8 ``[T, H, W, 3]`` (options as :func:`iter_frames`) and its :class:`VideoInfo`."""
     folder_fps = iter_frames_kwargs.get("folder_fps", DEFAULT_FOLDER_FPS)
     info = probe(path, folder_fps=folder_fps)
     frames = list(iter_frames(path, **iter_frames_kwargs))
