@@ -192,7 +192,10 @@ def test_lightning_logs_the_metric_from_a_validation_loop():
             self.log("fvd", self.fvd.compute())
             self.fvd.reset()
 
-    data = list(zip(torch.from_numpy(real).split(7), torch.from_numpy(fake).split(7)))
+    # One dataloader of (real, fake) batches (a plain list would be taken as several dataloaders).
+    data = torch.utils.data.DataLoader(
+        list(zip(torch.from_numpy(real).split(7), torch.from_numpy(fake).split(7))), batch_size=None
+    )
     trainer = lightning.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
     out = trainer.validate(Module(), data, verbose=False)
     torch.testing.assert_close(out[0]["fvd"], float(_streamed(real, fake).compute()), rtol=1e-6, atol=0)
