@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from i3d_torch.core.defaults import CROP_SIZE
 from i3d_torch.core.errors import InputError
 from i3d_torch.core.fileio import atomic_path
 from i3d_torch.core.model import InceptionI3d
@@ -50,7 +51,7 @@ def prepare_for_export(model: InceptionI3d) -> InceptionI3d:
 
 
 def example_input(
-    model: InceptionI3d, frames: int = 64, height: int = 224, width: int = 224, batch: int = 1
+    model: InceptionI3d, frames: int = 64, height: int = CROP_SIZE, width: int = CROP_SIZE, batch: int = 1
 ) -> torch.Tensor:
     """A deterministic input in [-1, 1] of the export shape ``[batch, C, frames, height, width]``."""
     generator = torch.Generator().manual_seed(0)
@@ -77,8 +78,8 @@ def export_program(
     model: InceptionI3d,
     *,
     frames: int = 64,
-    height: int = 224,
-    width: int = 224,
+    height: int = CROP_SIZE,
+    width: int = CROP_SIZE,
     batch: int = 1,
     dynamic: bool = False,
 ) -> torch.export.ExportedProgram:
@@ -105,8 +106,8 @@ def export_onnx(
     path: PathLike,
     *,
     frames: int = 64,
-    height: int = 224,
-    width: int = 224,
+    height: int = CROP_SIZE,
+    width: int = CROP_SIZE,
     batch: int = 1,
     dynamic: bool = False,
     opset: int = ONNX_OPSET,

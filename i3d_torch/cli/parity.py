@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from i3d_torch.core.defaults import CROP_SIZE
 from i3d_torch.core.errors import InputError
 from i3d_torch.verification.parity import (
     ENDPOINT_RTOL,
@@ -54,9 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         type=int,
         nargs=2,
-        default=(224, 224),
+        default=(CROP_SIZE, CROP_SIZE),
         metavar=("H", "W"),
-        help="height and width of the random clip (default 224 224)",
+        help=f"height and width of the random clip (default {CROP_SIZE} {CROP_SIZE})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random clip")
     parser.add_argument(
