@@ -20,10 +20,12 @@ import sys
 
 import pytest
 import torch
+from models import random_clip as clip
+from models import random_model
 
 from i3d_torch.backends import cpu
 from i3d_torch.backends.cpu import CpuMaxPool3dSame, CpuUnit3D
-from i3d_torch.core.model import BatchNorm3dNoScale, InceptionI3d, MaxPool3dSame, Unit3D
+from i3d_torch.core.model import MaxPool3dSame, Unit3D
 from i3d_torch.weights.registry import load_model, save_model
 
 ATOL = 1e-4
@@ -31,21 +33,6 @@ ATOL = 1e-4
 needs_engine = pytest.mark.skipif(not cpu.is_available(), reason="this PyTorch build has no oneDNN fused convolution")
 
 
-def random_model(final_endpoint: str = "Logits", seed: int = 0, **kwargs) -> InceptionI3d:
-    """Random weights with non-trivial BatchNorm statistics, so that folding has something to fold."""
-    torch.manual_seed(seed)
-    model = InceptionI3d(final_endpoint=final_endpoint, **kwargs).eval()
-    for unit in model.modules():
-        if isinstance(unit, BatchNorm3dNoScale):
-            unit.running_mean.uniform_(-0.5, 0.5)
-            unit.running_var.uniform_(0.5, 2.0)
-            unit.bias.data.uniform_(-0.2, 0.2)
-    model.check_values = False
-    return model
-
-
-def clip(shape, seed: int = 1) -> torch.Tensor:
-    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 def units(model):

@@ -18,28 +18,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models import save_random_weights
 from torch.testing import assert_close
 from videogen import moving_shapes, write_frame_folder, write_video
 
 from i3d_torch.apps.features import MANIFEST, collect_inputs, extract_features, read_records, resolve_endpoint
 from i3d_torch.core.errors import InputError
-from i3d_torch.core.model import InceptionI3d
 from i3d_torch.core.transforms import rgb_to_model_input
 from i3d_torch.core.video import center_crop, read_video
-from i3d_torch.weights.registry import cached_model, label_list, save_model
+from i3d_torch.weights.registry import cached_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(short_side=32, crop_size=32, clip_frames=8, stride=4)
 SMALL_ARGS = ["--short-side", "32", "--crop-size", "32", "--clip-frames", "8", "--stride", "4", "--quiet"]
-FEATURE_TOL = dict(rtol=1e-5, atol=1e-5)
+def assert_features_close(got, expected) -> None:
+    """Within 1e-4 of the expected values' peak: random-init features are small (about 1e-6 to 1e-2 here), so an
+    absolute bound of a fixed size could not fail."""
+    expected = np.asarray(expected)
+    assert_close(np.asarray(got), expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "random_rgb.safetensors"
-    save_model(InceptionI3d().eval(), path, categories=label_list("kinetics400"), name="random_rgb", modality="rgb")
-    return path
+    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +116,8 @@ def test_features_equal_the_model_endpoint_on_the_same_preprocessed_windows(vide
     with torch.no_grad():
         expected = model.pooled_features(rgb_to_model_input(clips)).numpy()
     assert per_window.shape == (3, 1024) and video.shape == (1024,)
-    assert_close(per_window, expected, **FEATURE_TOL)
-    assert_close(video, expected.mean(axis=0), **FEATURE_TOL)
+    assert_features_close(per_window, expected)
+    assert_features_close(video, expected.mean(axis=0))
     assert record["shape"] == [1024] and record["windows_shape"] == [3, 1024]
     assert record["preprocessing"]["crop_size"] == 32 and record["endpoint"] == "pooled"
     assert len(record["weights_sha256"]) == 64 and record["status"] == "ok"
@@ -136,7 +137,7 @@ def test_logits_endpoint_gives_time_averaged_logits(tmp_path, weights):
     frames, _ = read_video(video, fps=25, short_side=256)
     with torch.no_grad():
         expected = cached_model(weights)(rgb_to_model_input(center_crop(frames, 224)))
-    assert_close(np.load(tmp_path / "out" / record["windows_output"]), expected.numpy(), **FEATURE_TOL)
+    assert_features_close(np.load(tmp_path / "out" / record["windows_output"]), expected.numpy())
 
 
 # -- failures and resume -----------------------------------------------------------------------------

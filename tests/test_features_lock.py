@@ -13,13 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from models import save_random_weights
 from videogen import moving_shapes, write_video
 
 from i3d_torch.apps.features import MANIFEST, extract_features, read_records
 from i3d_torch.core.errors import I3DError
-from i3d_torch.core.model import InceptionI3d
-from i3d_torch.weights.registry import label_list, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(short_side=32, crop_size=32, clip_frames=8, stride=4)
@@ -27,10 +25,7 @@ SMALL = dict(short_side=32, crop_size=32, clip_frames=8, stride=4)
 
 @pytest.fixture(scope="module")
 def rgb_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "random_rgb.safetensors"
-    save_model(InceptionI3d().eval(), path, categories=label_list("kinetics400"), name="random_rgb", modality="rgb")
-    return path
+    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
 
 
 @pytest.fixture(scope="module")

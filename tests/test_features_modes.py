@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models import save_random_weights
 from torch.testing import assert_close
 from videogen import frame_index, index_coded_frames, moving_shapes, write_video
 
@@ -42,10 +43,7 @@ SMALL_ARGS = ["--short-side", "40", "--crop-size", "32", "--quiet"]
 
 @pytest.fixture(scope="module")
 def rgb_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "random_rgb.safetensors"
-    save_model(InceptionI3d().eval(), path, categories=label_list("kinetics400"), name="random_rgb", modality="rgb")
-    return path
+    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
 
 
 @pytest.fixture(scope="module")

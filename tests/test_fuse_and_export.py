@@ -13,6 +13,8 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+from models import random_clip as clip
+from models import random_model
 
 from i3d_torch.apps.export import OnnxRunner, export_onnx, prepare_for_export, save_program
 from i3d_torch.backends import cpu
@@ -22,21 +24,6 @@ from i3d_torch.core.model import MAX_POOLS, BatchNorm3dNoScale, InceptionI3d, Ma
 ATOL = 1e-4
 
 
-def random_model(final_endpoint: str = "Logits", seed: int = 0, **kwargs) -> InceptionI3d:
-    """Random weights with non-trivial BatchNorm statistics, so that folding has something to fold."""
-    torch.manual_seed(seed)
-    model = InceptionI3d(final_endpoint=final_endpoint, **kwargs).eval()
-    for unit in model.modules():
-        if isinstance(unit, BatchNorm3dNoScale):
-            unit.running_mean.uniform_(-0.5, 0.5)
-            unit.running_var.uniform_(0.5, 2.0)
-            unit.bias.data.uniform_(-0.2, 0.2)
-    model.check_values = False
-    return model
-
-
-def clip(shape, seed: int = 1) -> torch.Tensor:
-    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 def plain_output(model: InceptionI3d, x: torch.Tensor) -> torch.Tensor:
