@@ -90,7 +90,7 @@ def speed(args) -> None:
 
 
 MEMORY_CHILD = """
-import json, resource, sys, warnings
+import json, sys, warnings
 sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
 import numpy as np, torch
 from test_fvd import TinyEmbedder
@@ -111,7 +111,8 @@ else:
         batch = [np.stack(list(iter_frames(p, fps=None, short_side=None))) for p in videos.paths[k:k + 8]]
         metric.update(torch.from_numpy(np.stack(batch)), real=(k // 8) % 2 == 0)
     count = int(metric.real_n + metric.fake_n)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+peak = int(status["VmHWM"].split()[0]) / 1024  # this process's own peak (ru_maxrss carries the parent's)
 print(json.dumps({{"mode": mode, "videos": count, "peak_rss_mib": round(peak, 1)}}))
 """
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models import save_random_weights
 from videogen import moving_shapes, write_video
 
 from i3d_torch.apps import features as features_app
@@ -25,7 +26,6 @@ from i3d_torch.apps.fvd.videosets import VideoSetStats
 from i3d_torch.core.errors import InputError
 from i3d_torch.core.model import InceptionI3d
 from i3d_torch.core.transforms import check_model_input
-from i3d_torch.weights.registry import label_list, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(short_side=32, crop_size=32, clip_frames=8, stride=4)
@@ -34,10 +34,7 @@ SMALL_CLI = ["--short-side", "32", "--crop-size", "32", "--clip-frames", "8", "-
 
 @pytest.fixture(scope="module")
 def rgb_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "random_rgb.safetensors"
-    save_model(InceptionI3d().eval(), path, categories=label_list("kinetics400"), name="random_rgb", modality="rgb")
-    return path
+    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +145,13 @@ def test_an_unknown_device_is_one_line_in_every_command(command, videos, rgb_wei
     done = run_cli(*args, "--weights", rgb_weights, "--device", "tpu")
     assert_one_line_error(done, "tpu")
     assert not (tmp_path / "out").exists() and not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("option", ["--crop-size", "--short-side", "--fps", "--batch-size", "--stride"])
+def test_a_zero_size_option_is_refused_instead_of_read_as_the_default(option, videos, run_cli):
+    # old: --crop-size 0 (and the others) ran silently with the default value.
+    done = run_cli("predict", videos / "v0.mp4", option, "0")
+    assert_one_line_error(done, f"{option} must be positive, got 0")
 
 
 # -- defect 4 and 9: FVD statistics ------------------------------------------------------------------

@@ -367,9 +367,11 @@ def test_is_video_path_knows_videos_and_frame_folders(tmp_path):
 
 MEMORY_PROBE = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     from i3d_torch.core.video import iter_frames
-    def peak_mib(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def peak_mib():  # this process's own high-water mark (ru_maxrss would carry the parent's across exec)
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return int(status["VmHWM"].split()[0]) / 1024
     frames = iter_frames(sys.argv[1], fps=None, short_side=256)
     first = next(frames)
     after_first = peak_mib()

@@ -198,3 +198,65 @@ for line in open(sys.argv[1]):
     assert outcomes[str(crash)].startswith("crash (exit status -11")
     assert outcomes[str(hang)] == "hang"
     assert outcomes[str(fine)] == "3 frames"
+
+
+# -- issue 17: headers that claim huge frames, containers cut short -----------------------------------
+
+#: Frame sizes a forged header may state: huge, the 16-bit maximum, zero, and absurdly thin.
+CLAIMED_SIZES = [(16000, 16000), (65535, 65535), (0, 0), (1, 100000), (100000, 1)]
+#: Where a download may stop: early (headers only), midway, near the end (index lost).
+CUT_FRACTIONS = [0.02, 0.1, 0.5, 0.9, 0.99]
+
+
+def claim_size(data: bytes, ext: str, width: int, height: int) -> bytes:
+    """``data`` with every frame size its header states set to ``width`` x ``height`` (AVI: the main header
+    and the stream format; MP4/MOV: the visual sample entry and the track header)."""
+    import struct
+
+    data = bytearray(data)
+    if ext == "avi":
+        avih, strf = data.find(b"avih"), data.find(b"strf")
+        struct.pack_into("<II", data, avih + 8 + 32, width, height)  # dwWidth, dwHeight
+        struct.pack_into("<ii", data, strf + 8 + 4, width, height)  # BITMAPINFOHEADER biWidth, biHeight
+    else:
+        for entry in (b"avc1", b"mp4v", b"png "):
+            at = data.find(entry)
+            if at > 0:  # VisualSampleEntry: 6 reserved + 2 index + 16 pre-defined bytes, then width and height
+                struct.pack_into(">HH", data, at + 4 + 24, min(width, 65535), min(height, 65535))
+        tkhd = data.find(b"tkhd")
+        if tkhd > 0:  # version 0 track header: width and height are its last two 16.16 fixed-point fields
+            size = struct.unpack_from(">I", data, tkhd - 4)[0]
+            struct.pack_into(">II", data, tkhd - 4 + size - 8, min(width, 65535) << 16, min(height, 65535) << 16)
+    return bytes(data)
+
+
+def make_claims_and_cuts(folder: Path) -> List[Path]:
+    """Forged-size AVI and MP4/MOV files and every seed container cut at each of CUT_FRACTIONS."""
+    paths = []
+    sources = SEED_VIDEOS + [("avi", "msmpeg4v2"), ("avi", "rawvideo")]
+    for k, (ext, codec) in enumerate(sources):
+        data = write_video(folder / f"seed_{codec}.{ext}", moving_shapes(8, 48, 64, seed=k), 25, codec).read_bytes()
+        if ext in ("avi", "mp4", "mov"):
+            for width, height in CLAIMED_SIZES:
+                path = folder / f"claims_{width}x{height}_{codec}.{ext}"
+                path.write_bytes(claim_size(data, ext, width, height))
+                paths.append(path)
+        for fraction in CUT_FRACTIONS:
+            path = folder / f"cut_{int(fraction * 100):02d}pct_{codec}.{ext}"
+            path.write_bytes(data[: max(1, int(len(data) * fraction))])
+            paths.append(path)
+    return paths
+
+
+def test_forged_frame_sizes_and_cut_containers_give_frames_or_a_clean_video_error(tmp_path):
+    paths = make_claims_and_cuts(tmp_path)
+    outcomes = run_worker(paths, tmp_path / "paths.txt")
+    assert len(outcomes) == len(paths)
+    bad = {p: r for p, r in outcomes.items() if not (r == "VideoError" or r.endswith(" frames"))}
+    assert not bad, "\n".join(f"{Path(p).name}: {r}" for p, r in sorted(bad.items()))
+    # A header stating 16000x16000 is refused before decoding, whatever the codec behind it.
+    huge = {Path(p).name: r for p, r in outcomes.items() if "claims_16000x16000" in p and p.endswith(".avi")}
+    assert huge and all(r == "VideoError" for r in huge.values()), huge
+    # A file cut at 2 % has no decodable frame in any container here; one cut at 99 % mostly decodes.
+    results = list(outcomes.values())
+    assert any(r == "VideoError" for r in results) and any(r.endswith(" frames") for r in results)

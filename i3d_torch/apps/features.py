@@ -790,26 +790,59 @@ def _extract(
             windows, window_spans = per_window.pop(event.index, []), spans.pop(event.index, [])
             message = str(event.error) if isinstance(event, VideoFailed) else model_errors.pop(event.index, None)
             if message is None:
-                if layout.described:
-                    record = _write_described(
-                        item, out_dir, np.stack(windows), window_spans, event, settings, context, streams, layout
-                    )
+                try:
+                    if layout.described:
+                        record = _write_described(
+                            item, out_dir, np.stack(windows), window_spans, event, settings, context, streams, layout
+                        )
+                    else:
+                        record = _write_outputs(
+                            item, out_dir, np.stack(windows), window_spans, event, settings, context
+                        )
+                    if event.decode is not None and event.decode.ended_early:  # a file cut short: say so
+                        record["decode"] = event.decode.to_dict()
+                    append_jsonl(part, record)
+                except OSError as exc:  # a full disk, a quota, a folder gone: this input fails, the batch goes on
+                    _remove_outputs(item, out_dir, layout)  # atomic writes leave no partial file; no orphan either
+                    message = _write_error(item, out_dir, exc)
                 else:
-                    record = _write_outputs(item, out_dir, np.stack(windows), window_spans, event, settings, context)
-                if event.decode is not None and event.decode.ended_early:  # a file cut short: say so in the record
-                    record["decode"] = event.decode.to_dict()
-                summary.done += 1
-            else:
+                    summary.done += 1
+            if message is not None:
                 record = {**context, "input": item.rel, "path": item.path, "status": "error", "error": message}
                 summary.failed += 1
                 summary.errors[item.rel] = message
                 bar.clear()
                 print(f"i3d-torch features: error: {message}", file=sys.stderr, flush=True)
-            append_jsonl(part, record)
+                try:
+                    append_jsonl(part, record)
+                except OSError:  # the manifest cannot grow either (a full disk): the line above is the record
+                    pass
             bar.update(1)
     finally:
         prefetcher.close()
         bar.close()
+
+
+def _write_error(item: InputItem, out_dir: Path, exc: OSError) -> str:
+    """One line for an output that could not be written: the input, the folder and the OS's reason."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    if exc.errno is None and "written" in reason:  # numpy's short write ("N requested and M written") has no errno
+        reason = f"short write, the disk is likely full ({reason})"
+    return f"{item.path}: cannot write its features to {out_dir}: {reason}"
+
+
+def _remove_outputs(item: InputItem, out_dir: Path, layout: _Layout) -> None:
+    """Delete what this attempt wrote for ``item`` before a later write failed (e.g. the windows file written,
+    the video file refused), so no output exists without its manifest line. It was not done: a rerun redoes it."""
+    if layout.fmt == "npy":
+        names = [item.windows_output, item.output] + ([item.sidecar] if layout.described else [])
+    elif layout.single_file:
+        names = [os.path.join(PARTS_DIR, item.rel + ".h5")]
+    else:
+        names = [item.h5_output]
+    for name in names:
+        with contextlib.suppress(OSError):
+            (out_dir / name).unlink()
 
 
 def _write_outputs(

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 
 from i3d_torch.core.defaults import CROP_SIZE, DEFAULT_WEIGHTS, FPS, SHORT_SIDE
+from i3d_torch.core.errors import InputError
 from i3d_torch.pipeline.settings import CROP_MODES
 from i3d_torch.pipeline.windows import LONG_VIDEO_STRIDE, LONG_VIDEO_WINDOW, WHOLE_VIDEO_MAX_FRAMES
-from i3d_torch.weights.registry import DTYPES
+from i3d_torch.weights.registry import DTYPES, resolve_device
 
-__all__ = ["add_clip_arguments", "clip_options"]
+__all__ = ["add_clip_arguments", "check_device", "clip_options"]
 
 
 def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,11 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
 def clip_options(args: argparse.Namespace) -> dict:
     """The parsed shared options as keyword arguments of ``classify_many`` / ``extract_features`` (all but
     ``--quiet``, which each command uses in its own way)."""
+    for option in ("batch_size", "clip_frames", "stride", "crop_size", "short_side", "fps"):
+        value = getattr(args, option)
+        # A 0 would otherwise read as "not given" further down (`value or default`) and run with the default.
+        if value is not None and not value > 0:
+            raise InputError(f"--{option.replace('_', '-')} must be positive, got {value:g}")
     return {
         "weights": args.weights,
         "clip_frames": args.clip_frames,
@@ -77,3 +83,11 @@ def clip_options(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "strict": args.strict,
     }
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` this machine does not have (``tpu``, ``cuda`` without CUDA, ``cuda:9``) with one
+    line before any work: the process group and the per-rank device mapping would raise torch's multi-line
+    RuntimeError (or an AssertionError) otherwise. ``auto`` (finetune) is resolved later."""
+    if device != "auto":
+        resolve_device(device)

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from i3d_torch.apps.features import DEFAULT_FLOW_WEIGHTS, FORMATS, extract_features
-from i3d_torch.cli.common import add_clip_arguments, clip_options
+from i3d_torch.cli.common import add_clip_arguments, check_device, clip_options
 from i3d_torch.pipeline import distributed
 from i3d_torch.pipeline.windows import PAD_POLICIES
 
@@ -85,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     summary = extract_features(
         args.input,
         args.out,

@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from i3d_torch.apps.finetune import SCRATCH, FinetuneConfig, finetune
 from i3d_torch.apps.finetune.config import FREEZABLE_ENDPOINTS
+from i3d_torch.cli.common import check_device
 from i3d_torch.pipeline import distributed
 
 
@@ -80,6 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     options = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if hasattr(args, f.name)}
     data, out = options.pop("data"), options.pop("out")
     result = finetune(data, out, **options)

@@ -27,6 +27,7 @@ from i3d_torch.apps.fvd import (
     plot_fvd_by_set_size,
 )
 from i3d_torch.apps.fvd.videosets import too_few_frames
+from i3d_torch.cli.common import check_device
 from i3d_torch.core.defaults import DEFAULT_WEIGHTS
 from i3d_torch.core.errors import InputError
 from i3d_torch.pipeline import distributed
@@ -104,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     if len(args.cache_stats) > (2 if args.fake is not None else 1):
         raise InputError(f"--cache-stats takes one file per set (REAL, then FAKE), got {len(args.cache_stats)}")
     if args.frames is not None and args.frames < MIN_FRAMES:

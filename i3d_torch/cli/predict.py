@@ -12,7 +12,7 @@ import json
 import sys
 
 from i3d_torch.apps.classify import DEFAULT_FLOW_WEIGHTS, Classification, classify_many
-from i3d_torch.cli.common import add_clip_arguments, clip_options
+from i3d_torch.cli.common import add_clip_arguments, check_device, clip_options
 from i3d_torch.core.errors import I3DError, InputError
 from i3d_torch.pipeline.running import progress_bar
 
@@ -54,6 +54,7 @@ def format_table(result: Classification, per_window: bool, top_k: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     if args.top < 1:
         raise InputError(f"--top must be at least 1, got {args.top}")
     plot_files = None

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from i3d_torch.core.errors import InputError
 from i3d_torch.core.transforms import check_model_input
 
 __all__ = [
@@ -505,6 +506,17 @@ class InceptionI3d(nn.Module):
             raise TypeError(
                 f"expected a floating-point clip in [-1, 1], got {x.dtype}; convert uint8 frames with "
                 f"i3d_torch.core.transforms.rgb_to_model_input"
+            )
+        if x.numel() == 0:  # N or T (or H, W) of 0: torch would fail deep inside with an aminmax() or conv error
+            raise InputError(f"empty clip: shape {tuple(x.shape)} [N, C, T, H, W] has an axis of size 0")
+        parameter = next(self.parameters(), None)
+        if parameter is not None and x.dtype != parameter.dtype and not torch.is_autocast_enabled(x.device.type):
+            # No silent cast: a float64 clip would lose precision the caller asked for, and a float16 one on a
+            # float32 model is usually a forgotten model.half(). Under autocast torch casts per op itself.
+            raise InputError(
+                f"clip dtype {str(x.dtype).replace('torch.', '')} differs from the model's "
+                f"{str(parameter.dtype).replace('torch.', '')}; convert one of them (clip.to(torch.float32) or "
+                f"model.to(dtype)), or run under torch.autocast"
             )
         if self.check_values and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             for message in check_model_input(x):

@@ -169,6 +169,8 @@ def check_model_input(x: torch.Tensor, *, source: str = "input") -> list:
 
     Raises on NaN/Inf, which would silently poison every output.
     """
+    if x.numel() == 0:  # aminmax() of nothing is a RuntimeError that names no shape
+        raise InputError(f"{source}: empty clip of shape {tuple(x.shape)}: an axis has size 0")
     # One pass: the extremes are NaN or infinite exactly when some value is (min and max propagate NaN).
     lo, hi = (float(v) for v in torch.aminmax(x))
     if not (math.isfinite(lo) and math.isfinite(hi)):

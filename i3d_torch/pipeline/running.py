@@ -7,6 +7,7 @@ kernel for, and the progress bar on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union
@@ -38,12 +39,30 @@ def weights_of(model: InceptionI3d, fallback: Any):
     return getattr(model, "weights_info", None) or get_weights(fallback)
 
 
+@contextlib.contextmanager
+def _own_input(model: InceptionI3d):
+    """The model's value-range scan off while it runs on the pipeline's batches, restored after.
+
+    The scan (``check_values``) is for tensors a user builds by hand; the pipeline's batches come from uint8
+    frames through the weights' own transforms, so they are in [-1, 1] by construction, and the scan's
+    heuristics only raised false alarms on them ("values not mapped to [-1, 1]" on a bright or uniform
+    video, issue 17). Scoped, so a model shared with the caller (``cached_model``) is left as it was found."""
+    checking = getattr(model, "check_values", None)
+    if checking:
+        model.check_values = False
+    try:
+        yield
+    finally:
+        if checking:
+            model.check_values = checking
+
+
 def on_model(model: InceptionI3d, x: torch.Tensor, compute: Callable[[torch.Tensor], Output]) -> Output:
     """``compute(x)`` without gradients, with ``x`` moved to the model's device and dtype; the result (a
     tensor or a dict of tensors) comes back as float32 on the CPU. ``compute`` is one of the model's own
-    methods, e.g. ``model.per_time_logits``."""
+    methods, e.g. ``model.per_time_logits``; ``x`` is a batch the pipeline made (no value-range warning)."""
     parameter = next(model.parameters())
-    with torch.inference_mode():
+    with torch.inference_mode(), _own_input(model):
         x = x.to(device=parameter.device, dtype=parameter.dtype, non_blocking=True)
         out = compute(x)
         if isinstance(out, dict):

@@ -464,6 +464,11 @@ def distance_between(
     if real.preprocessing != fake.preprocessing:
         raise InputError("the two sets were preprocessed differently; recompute the older statistics")
     check_comparable_lengths(real.frames, fake.frames)
+    if real.dim != fake.dim:  # statistics of another model's embedding: name both, the message is about files
+        raise InputError(
+            f"embedding sizes differ: real set ({_where(real)}) has {real.dim}-d embeddings, fake set ({_where(fake)}) "
+            f"{fake.dim}-d; compute both with the same weights"
+        )
     for stats, name in ((real, "real set"), (fake, "fake set")):
         check_set_size(stats.n, f"{name} ({stats.source})", stats.dim)
         _warn_below_sample_size(stats.n, f"{name} ({stats.source})", protocol)
@@ -492,6 +497,11 @@ def distance_between(
         protocol_hash=protocol.spec_hash,
         bootstrap=interval,
     )
+
+
+def _where(stats: VideoSetStats) -> str:
+    """Where a set's statistics came from, for messages: the cache file read, else the videos' source."""
+    return getattr(stats, "cache_path", None) or stats.source or "in-memory set"
 
 
 def _warn_below_sample_size(n: int, name: str, protocol: Protocol) -> None:

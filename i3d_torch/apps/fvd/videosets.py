@@ -333,8 +333,11 @@ class VideoSetStats:
             "source_fingerprint": np.array(self.source_fingerprint),
             "created": np.array(datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")),
         }
-        with atomic_open(path, "wb") as fh:  # a file object: np.savez would append ".npz" to a temp name
-            np.savez(fh, **arrays)
+        try:
+            with atomic_open(path, "wb") as fh:  # a file object: np.savez would append ".npz" to a temp name
+                np.savez(fh, **arrays)
+        except OSError as exc:  # name the cache the user gave, not the hidden temporary beside it
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from None
 
     @classmethod
     def load(cls, path: PathLike) -> "VideoSetStats":
@@ -351,8 +354,17 @@ class VideoSetStats:
                 + (f"; missing {', '.join(missing)})" if missing else f", found {str(contents['format'])!r})"),
                 path,
             )
+        embeddings = contents["embeddings"]
+        if embeddings.dtype.kind != "f" or not np.isfinite(embeddings).all():
+            # NaN or Inf would reach the covariance's eigendecomposition as a LinAlgError (or a NaN distance).
+            bad = int((~np.isfinite(embeddings)).sum()) if embeddings.dtype.kind == "f" else embeddings.size
+            raise InputError(
+                f"not usable FVD statistics: {bad} of {embeddings.size} embedding values are NaN, infinite or not "
+                f"floating-point ({embeddings.dtype}); recompute them",
+                path,
+            )
         stats = cls(
-            embeddings=contents["embeddings"],
+            embeddings=embeddings,
             frames=int(contents["frames"]),
             model_name=str(contents["model_name"]),
             model_sha256=str(contents["model_sha256"]),
