@@ -326,18 +326,12 @@ def cpu_engines(short: bool, peers: Optional[ModuleType], found: Dict[str, str],
 # ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Row:
-    engine: str
-    frames: int
-    batch: int
+class TimedRow:
+    """What a timed row derives from its ``times_s`` (seconds per call), ``batch`` and ``flops`` (per call)."""
+
     times_s: List[float]
+    batch: int
     flops: int
-    max_abs_diff: Optional[float]
-    note: str = ""
-    device: str = "cpu"
-    dtype: str = "float32"
-    peak_memory_mb: Optional[float] = None
 
     @property
     def median_s(self) -> float:
@@ -350,6 +344,20 @@ class Row:
     @property
     def flops_per_s(self) -> float:
         return self.flops / self.median_s
+
+
+@dataclass
+class Row(TimedRow):
+    engine: str
+    frames: int
+    batch: int
+    times_s: List[float]
+    flops: int
+    max_abs_diff: Optional[float]
+    note: str = ""
+    device: str = "cpu"
+    dtype: str = "float32"
+    peak_memory_mb: Optional[float] = None
 
 
 def time_round_robin(forwards: Dict[str, Forward], repeats: int, budget_s: float) -> Dict[str, List[float]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from i3d_torch.apps.bench import clip_input, forward_flops, write_sample_video
+from i3d_torch.apps.bench import TimedRow, clip_input, forward_flops, write_sample_video
 from i3d_torch.core.defaults import CROP_SIZE, FPS, SHORT_SIDE
 from i3d_torch.core.model import InceptionI3d
 
@@ -167,7 +166,7 @@ def graphed_forward(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Te
 
 
 @dataclass
-class GpuRow:
+class GpuRow(TimedRow):
     variant: str
     dtype: str
     frames: int
@@ -179,18 +178,6 @@ class GpuRow:
     same_top1: Optional[float]  # share of the batch whose top-1 class equals the float32 row's
     peak_mb: Optional[float] = None  # device memory at the forward's peak, weights and input included
     per_clip_mb: Optional[float] = None  # what one forward adds to the device memory, per clip
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.times_s)
-
-    @property
-    def clips_per_s(self) -> float:
-        return self.batch / self.median_s
-
-    @property
-    def flops_per_s(self) -> float:
-        return self.flops / self.median_s
 
 
 @dataclass
