@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from i3d_torch.core.defaults import CROP_SIZE, DEFAULT_WEIGHTS
+from i3d_torch.core.defaults import CROP_SIZE, DEFAULT_FLOW_WEIGHTS, DEFAULT_WEIGHTS
 from i3d_torch.core.errors import I3DError, InputError, VideoError
 from i3d_torch.core.model import InceptionI3d
 from i3d_torch.core.transforms import VideoClassification
@@ -59,9 +59,6 @@ __all__ = [
     "softmax",
     "top_predictions",
 ]
-
-#: The flow stream added by ``flow=True`` (``--flow``): DeepMind's Kinetics-400 TV-L1 flow model.
-DEFAULT_FLOW_WEIGHTS = "flow_kinetics400"
 
 
 def fuse_streams(time_logits: Sequence[torch.Tensor]) -> torch.Tensor:

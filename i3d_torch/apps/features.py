@@ -44,7 +44,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from i3d_torch.core.defaults import CROP_SIZE, DEFAULT_WEIGHTS
+from i3d_torch.core.defaults import CROP_SIZE, DEFAULT_FLOW_WEIGHTS, DEFAULT_WEIGHTS
 from i3d_torch.core.errors import I3DError, InputError
 from i3d_torch.core.fileio import append_jsonl, atomic_open, atomic_path, sha256_file, write_json
 from i3d_torch.core.model import ENDPOINTS
@@ -82,8 +82,6 @@ LAYOUT_KEYS = ("layout", "format", "crops", "streams")
 FORMATS = ("npy", "h5")
 SINGLE_FILE = "features.h5"
 PARTS_DIR = ".parts"
-#: The flow stream's default weights (as ``predict --flow``).
-DEFAULT_FLOW_WEIGHTS = "flow_kinetics400"
 #: Per-feature time stamps, in every described output.
 TIME_FIELDS = ("first_frame", "last_frame", "start_s", "end_s", "window_start", "window_end")
 

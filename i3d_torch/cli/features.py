@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from i3d_torch.apps.features import DEFAULT_FLOW_WEIGHTS, FORMATS, extract_features
+from i3d_torch.apps.features import FORMATS, extract_features
 from i3d_torch.cli.common import add_clip_arguments, check_device, clip_options
+from i3d_torch.core.defaults import DEFAULT_FLOW_WEIGHTS
 from i3d_torch.pipeline import distributed
 from i3d_torch.pipeline.windows import PAD_POLICIES
 

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from i3d_torch.core.defaults import CROP_SIZE
+from i3d_torch.core.defaults import CROP_SIZE, DEFAULT_WEIGHTS
 from i3d_torch.core.errors import InputError
 from i3d_torch.verification.parity import (
     ENDPOINT_RTOL,
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(or with a TF-Hub module's logits). Exits 1 when a bound is broken."
     )
     parser.add_argument(
-        "--model", default="rgb_kinetics400", help="registry name or .safetensors path (default: rgb_kinetics400)"
+        "--model", default=DEFAULT_WEIGHTS, help="registry name or .safetensors path (default: %(default)s)"
     )
     parser.add_argument(
         "--source",

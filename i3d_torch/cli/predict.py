@@ -11,8 +11,9 @@ import contextlib
 import json
 import sys
 
-from i3d_torch.apps.classify import DEFAULT_FLOW_WEIGHTS, Classification, classify_many
+from i3d_torch.apps.classify import Classification, classify_many
 from i3d_torch.cli.common import add_clip_arguments, check_device, clip_options
+from i3d_torch.core.defaults import DEFAULT_FLOW_WEIGHTS
 from i3d_torch.core.errors import I3DError, InputError
 from i3d_torch.pipeline.running import progress_bar
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 #: Registry name of the weights used when none is given: DeepMind's Kinetics-400 RGB model (TF-Hub).
 DEFAULT_WEIGHTS = "rgb_kinetics400"
+#: Registry name of the flow stream's weights when a command adds it (``predict --flow``, ``features --streams``).
+DEFAULT_FLOW_WEIGHTS = "flow_kinetics400"
 
 #: Frame rate the Kinetics models were trained and evaluated at.
 FPS = 25.0

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from i3d_torch.core.model import BatchNorm3dNoScale
+from i3d_torch.weights.registry import resolve_device
 
 T = TypeVar("T")
 
@@ -65,8 +66,10 @@ def is_main_process() -> bool:
 
 
 def device_for_rank(device: str) -> torch.device:
-    """The device this rank should use: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a multi-process job."""
-    dev = torch.device(device)
+    """The device this rank should use: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a multi-process job. A device
+    this machine does not have (``tpu``, ``cuda`` without CUDA) is a one-line :class:`InputError`, as in
+    :func:`~i3d_torch.weights.registry.load_model`."""
+    dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None and is_distributed():
         return torch.device("cuda", local_rank())
     return dev

@@ -25,6 +25,7 @@ __all__ = [
     "out_of_memory",
     "progress_bar",
     "run_model",
+    "trusted_input",
     "unsupported_dtype",
     "weights_of",
 ]
@@ -40,12 +41,12 @@ def weights_of(model: InceptionI3d, fallback: Any):
 
 
 @contextlib.contextmanager
-def _own_input(model: InceptionI3d):
-    """The model's value-range scan off while it runs on the pipeline's batches, restored after.
+def trusted_input(model: torch.nn.Module):
+    """The model's value-range scan off while it runs on inputs the project built itself, restored after.
 
-    The scan (``check_values``) is for tensors a user builds by hand; the pipeline's batches come from uint8
-    frames through the weights' own transforms, so they are in [-1, 1] by construction, and the scan's
-    heuristics only raised false alarms on them ("values not mapped to [-1, 1]" on a bright or uniform
+    The scan (``check_values``) is for tensors a user builds by hand; the pipeline's batches and FVD's clips
+    come from uint8 frames through the project's own transforms, so they are in [-1, 1] by construction, and the
+    scan's heuristics only raised false alarms on them ("values not mapped to [-1, 1]" on a bright or uniform
     video, issue 17). Scoped, so a model shared with the caller (``cached_model``) is left as it was found."""
     checking = getattr(model, "check_values", None)
     if checking:
@@ -62,7 +63,7 @@ def on_model(model: InceptionI3d, x: torch.Tensor, compute: Callable[[torch.Tens
     tensor or a dict of tensors) comes back as float32 on the CPU. ``compute`` is one of the model's own
     methods, e.g. ``model.per_time_logits``; ``x`` is a batch the pipeline made (no value-range warning)."""
     parameter = next(model.parameters())
-    with torch.inference_mode(), _own_input(model):
+    with torch.inference_mode(), trusted_input(model):
         x = x.to(device=parameter.device, dtype=parameter.dtype, non_blocking=True)
         out = compute(x)
         if isinstance(out, dict):

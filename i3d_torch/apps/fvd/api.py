@@ -45,7 +45,7 @@ from i3d_torch.core.defaults import DEFAULT_WEIGHTS
 from i3d_torch.core.errors import I3DError, InputError, VideoError
 from i3d_torch.core.fileio import atomic_open
 from i3d_torch.pipeline import distributed
-from i3d_torch.pipeline.running import out_of_memory
+from i3d_torch.pipeline.running import out_of_memory, trusted_input
 from i3d_torch.weights.registry import cached_model
 
 DEFAULT_BATCH_SIZE = 8
@@ -191,11 +191,8 @@ def embed_videos(
     embeddings: List[np.ndarray] = []
     frame_counts: List[int] = []
     names: List[str] = []
-    checking = getattr(model, "check_values", None)
-    if checking is not None:
-        model.check_values = False  # the input is ours and in [-1, 1] by construction: no false alarms
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, _progress(
+        with trusted_input(model), concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, _progress(
             len(indices), f"embedding {video_set.description}", progress
         ) as bar:
             args = (device, protocol, role)
@@ -212,9 +209,6 @@ def embed_videos(
                 bar.update(len(batch))
     except torch.cuda.OutOfMemoryError as exc:  # the batch on the device (prepared or in the model) is too big
         raise out_of_memory(exc) from None
-    finally:
-        if checking is not None:
-            model.check_values = checking
     dim = embeddings[0].shape[1] if embeddings else int(getattr(model, "num_classes", 400))
     return (np.concatenate(embeddings) if embeddings else np.zeros((0, dim), np.float32)), frame_counts
 

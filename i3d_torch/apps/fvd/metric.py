@@ -28,6 +28,7 @@ from i3d_torch.apps.fvd.stats import check_set_size, kernel_distance
 from i3d_torch.apps.fvd.videosets import check_video_array
 from i3d_torch.core.defaults import DEFAULT_WEIGHTS
 from i3d_torch.core.errors import InputError
+from i3d_torch.pipeline.running import trusted_input
 
 _ROLES = ("real", "fake")
 
@@ -215,16 +216,10 @@ class FrechetVideoDistance(Metric):
     @torch.inference_mode()
     def _embed(self, clips: torch.Tensor) -> torch.Tensor:
         out = []
-        checking = getattr(self.model, "check_values", None)
-        if checking is not None:
-            self.model.check_values = False  # the input is built here and in [-1, 1]: no scan for false alarms
-        try:
+        with trusted_input(self.model):
             for start in range(0, clips.shape[0], self.batch_size):
                 chunk = clips[start : start + self.batch_size].to(self.device)
                 out.append(self.model(self.protocol.model_input(pixels_0_255(chunk))).float())
-        finally:
-            if checking is not None:
-                self.model.check_values = checking
         return torch.cat(out).clone()  # out of inference mode: a normal tensor
 
 
