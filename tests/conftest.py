@@ -70,3 +70,30 @@ def _run_cli(*args, timeout: int = 600, env: dict = None, cwd=REPO, **kwargs):
 def run_cli():
     """The command line as a user runs it: ``run_cli("predict", path, "--top", 3)`` -> CompletedProcess."""
     return _run_cli
+
+
+def _kill_features_after_first_record(videos, out, *args) -> None:
+    """Start ``i3d-torch features VIDEOS --out OUT ARGS`` and SIGKILL it once its manifest holds a line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from i3d_torch.apps.features import MANIFEST
+
+    command = [sys.executable, "-m", "i3d_torch", "features", str(videos), "--out", str(out), *map(str, args)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = Path(out) / MANIFEST
+    deadline = time.monotonic() + 300
+    while not manifest.exists() or not manifest.read_text().strip():
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture
+def kill_features_after_first_record():
+    """A ``features`` run killed mid-way (SIGKILL once its first manifest line is written), for resume tests."""
+    return _kill_features_after_first_record

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +183,9 @@ def _outputs(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_results_as_an_uninterrupted_run(tmp_path, weights, run_cli):
+def test_killed_run_resumes_to_the_same_results_as_an_uninterrupted_run(
+    tmp_path, weights, run_cli, kill_features_after_first_record
+):
     videos = tmp_path / "videos"
     videos.mkdir()
     for i in range(4):  # long enough (several windows each) that the kill lands mid-run
@@ -196,19 +194,7 @@ def test_killed_run_resumes_to_the_same_results_as_an_uninterrupted_run(tmp_path
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert run_cli("features", str(videos), "--out", str(reference), *args).returncode == 0
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "i3d_torch", "features", str(videos), "--out", str(resumed), *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while not (resumed / MANIFEST).exists() or not (resumed / MANIFEST).read_text().strip():
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_features_after_first_record(videos, resumed, *args)
     lines_at_kill = len(read_records(resumed / MANIFEST)[0])
     assert 1 <= lines_at_kill < 4, "the kill did not land mid-run"
     for path in resumed.rglob("*.npy"):  # whatever exists under a final name is complete

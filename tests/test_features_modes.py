@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -338,22 +334,16 @@ def test_single_file_groups_each_video_and_a_rerun_adds_without_changing_the_res
 
 
 @pytest.mark.slow
-def test_killed_single_file_h5_run_resumes_to_the_same_bytes(tmp_path, rgb_weights, run_cli):
+def test_killed_single_file_h5_run_resumes_to_the_same_bytes(
+    tmp_path, rgb_weights, run_cli, kill_features_after_first_record
+):
     videos = tmp_path / "videos"
     for i in range(4):
         write_video(videos / f"v{i}.mp4", moving_shapes(24, 40, 48, seed=i), 25)
     args = ["--weights", rgb_weights, "--format", "h5", "--single-file", "--window", "8", "--step", "2", *SMALL_ARGS]
     assert run_cli("features", videos, "--out", tmp_path / "reference", *args).returncode == 0
     resumed = tmp_path / "resumed"
-    command = [sys.executable, "-m", "i3d_torch", "features", videos, "--out", resumed, *map(str, args)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (resumed / MANIFEST).exists() or not (resumed / MANIFEST).read_text().strip():
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_features_after_first_record(videos, resumed, *args)
     assert not (resumed / SINGLE_FILE).exists()  # nothing half-written: the parts wait in .parts
 
     proc = run_cli("features", videos, "--out", resumed, *args)
