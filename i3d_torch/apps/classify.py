@@ -276,42 +276,55 @@ def _score(prefetcher, sources, streams: Streams, settings: ClipSettings, top_k,
     failed: Dict[int, I3DError] = {}
     covered = collections.Counter()
     for event in prefetcher:
-        timing = timings[event.index]
-        timing.wait_s += prefetcher.last_wait_s
         if isinstance(event, WindowBatch):
-            if event.index in failed:
+            if all(index in failed for index, _ in event.by_video()):
                 continue
             started = time.perf_counter()
             try:
                 time_logits = fuse_streams(
                     [on_model(streams.models[s], x, streams.models[s].per_time_logits) for s, x in event.inputs.items()]
                 )  # (windows * crops) x K x T''
-            except (I3DError, ValueError) as exc:  # e.g. an input the network cannot take
-                failed[event.index] = as_i3d_error(InputError(str(exc)), source_name(sources[event.index]))
+            except (I3DError, ValueError) as exc:  # e.g. an input the network cannot take: every video of the batch
+                for index, _ in event.by_video():  # has that input shape
+                    failed.setdefault(index, as_i3d_error(InputError(str(exc)), source_name(sources[index])))
                 continue
             except FATAL_MODEL_ERRORS as exc:  # no kernel for the dtype, or out of GPU memory: every video would fail
                 raise model_error(exc) from None
-            finally:
-                timing.model_s += time.perf_counter() - started
+            finally:  # the batch's model and wait time, shared by its videos in proportion to their windows
+                model_s = time.perf_counter() - started
+                for index, rows in event.by_video():
+                    share = (rows.stop - rows.start) / len(event.spans)
+                    timings[index].model_s += model_s * share
+                    timings[index].wait_s += prefetcher.last_wait_s * share
             time_logits = time_logits.view(len(event.spans), event.crops, *time_logits.shape[1:]).mean(dim=1)
             logits = time_logits.mean(dim=2)  # windows x K: the network's Logits endpoint
-            for (start, end), row, steps in zip(event.spans, logits.numpy(), time_logits.numpy()):
-                windows[event.index].append(
-                    WindowResult(start, end, start / settings.fps, end / settings.fps, row, steps.T.copy())
-                )
-            if progress is not None:
-                new_end = max(end for _, end in event.spans)
-                progress(max(0, new_end - covered[event.index]))
-                covered[event.index] = max(covered[event.index], new_end)
-        elif isinstance(event, VideoFailed):
+            for index, rows in event.by_video():
+                if index in failed:
+                    continue
+                spans = event.spans[rows]
+                for (start, end), row, steps in zip(spans, logits[rows].numpy(), time_logits[rows].numpy()):
+                    windows[index].append(
+                        WindowResult(start, end, start / settings.fps, end / settings.fps, row, steps.T.copy())
+                    )
+                if progress is not None:
+                    new_end = max(end for _, end in spans)
+                    progress(max(0, new_end - covered[index]))
+                    covered[index] = max(covered[index], new_end)
+            continue
+        timing = timings[event.index]
+        timing.wait_s += prefetcher.last_wait_s
+        covered.pop(event.index, None)
+        if isinstance(event, VideoFailed):
             timing.decode_s += event.decode_s
             yield event.index, failed.pop(event.index, event.error)
             windows.pop(event.index, None)
+            timings.pop(event.index, None)
         elif isinstance(event, VideoDone):
             timing.decode_s += event.decode_s
             if event.index in failed:
                 yield event.index, failed.pop(event.index)
                 windows.pop(event.index, None)
+                timings.pop(event.index, None)
                 continue
             video_windows = windows.pop(event.index)
             video_logits = np.mean([w.logits for w in video_windows], axis=0).astype(np.float32)

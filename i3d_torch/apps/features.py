@@ -771,20 +771,23 @@ def _extract(
     bar = progress_bar(quiet, desc, "video", len(todo))
     try:
         for event in prefetcher:
-            item = todo[event.index]
             if isinstance(event, WindowBatch):
-                if event.index in model_errors:
+                videos = [(index, rows) for index, rows in event.by_video() if index not in model_errors]
+                if not videos:
                     continue
                 try:
                     out = _features_of(event, streams, spec, layout.keep_crops)
-                except (I3DError, ValueError) as exc:
-                    model_errors[event.index] = f"{item.path}: {' '.join(str(exc).split())}"
+                except (I3DError, ValueError) as exc:  # an input the network cannot take: all videos of the batch
+                    for index, _ in videos:  # have that input shape
+                        model_errors[index] = f"{todo[index].path}: {' '.join(str(exc).split())}"
                     continue
                 except FATAL_MODEL_ERRORS as exc:  # no kernel for the dtype, or out of GPU memory: every input fails
                     raise model_error(exc) from None
-                per_window.setdefault(event.index, []).extend(out)
-                spans.setdefault(event.index, []).extend(event.spans)
+                for index, rows in videos:
+                    per_window.setdefault(index, []).extend(out[rows])
+                    spans.setdefault(index, []).extend(event.spans[rows])
                 continue
+            item = todo[event.index]
             windows, window_spans = per_window.pop(event.index, []), spans.pop(event.index, [])
             message = str(event.error) if isinstance(event, VideoFailed) else model_errors.pop(event.index, None)
             if message is None:

@@ -3,8 +3,9 @@
 A source (a video path, a frame folder, or a uint8 array already at the target fps and size) is decoded,
 cut into windows (:mod:`i3d_torch.pipeline.windows`), looped to the model's minimum length, cropped and
 mapped to the model's value range per stream (RGB, and TV-L1 flow between the window's own frames). Windows
-of one video with equal input shapes are stacked into :class:`WindowBatch` events, followed by
-:class:`VideoDone`, or :class:`VideoFailed` at the first error, so one bad input never stops a run.
+with equal input shapes are stacked into :class:`WindowBatch` events, filled across consecutive videos so
+that short videos still make full forward passes; each video ends with :class:`VideoDone`, or
+:class:`VideoFailed` at its first error, so one bad input never stops a run.
 
 With dense windows (:class:`~i3d_torch.pipeline.windows.DenseWindowing`) a window reaching outside the video
 is padded to its full length by the settings' policy; the flow of the whole video is still computed once,
@@ -28,6 +29,7 @@ from i3d_torch.pipeline.settings import ClipSettings
 from i3d_torch.pipeline.windows import DenseWindowing, iter_dense_windows, iter_windows
 
 __all__ = [
+    "Event",
     "Source",
     "VideoDone",
     "VideoFailed",
@@ -155,12 +157,24 @@ def _padded_window_inputs(frames, flows, settings: ClipSettings, to_model_input,
 
 @dataclass
 class WindowBatch:
-    """Consecutive windows of one video with equal input shapes, stacked for one forward pass."""
+    """Windows with equal input shapes, stacked for one forward pass. They come from one video or from several
+    consecutive ones (``videos[i]`` is the index of window ``i``'s source); one video's windows are contiguous
+    and in order."""
 
-    index: int
+    videos: List[int]
     spans: List[Tuple[int, int]]
     inputs: Dict[str, torch.Tensor]  # stream -> [windows * crops, C, T, H, W]
     crops: int
+
+    def by_video(self) -> List[Tuple[int, slice]]:
+        """``(video index, rows of that video)`` for each video in the batch, in order."""
+        groups: List[Tuple[int, slice]] = []
+        start = 0
+        for i in range(1, len(self.videos) + 1):
+            if i == len(self.videos) or self.videos[i] != self.videos[start]:
+                groups.append((self.videos[start], slice(start, i)))
+                start = i
+        return groups
 
 
 @dataclass
@@ -178,6 +192,9 @@ class VideoFailed:
     decode_s: float
 
 
+Event = Union[WindowBatch, VideoDone, VideoFailed]
+
+
 def as_i3d_error(exc: BaseException, name: str) -> I3DError:
     """Any failure while reading one input, as a one-line I3DError naming it (so a batch run goes on)."""
     if isinstance(exc, I3DError):
@@ -187,18 +204,74 @@ def as_i3d_error(exc: BaseException, name: str) -> I3DError:
     return VideoError(f"{type(exc).__name__}: {exc}", name)
 
 
+class _Batcher:
+    """Gathers windows into batches of ``batch_size`` across video boundaries, so that short videos (one or two
+    windows each) still fill a forward pass. A video's end (VideoDone or VideoFailed) is held back until the
+    batch holding its last windows has gone out, so that every consumer sees a video's windows before its end
+    and the ends in input order. A failed video's windows still waiting are dropped."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self._pending: List[Tuple[int, Tuple[int, int], Dict[str, torch.Tensor]]] = []
+        self._ends: List[Union[VideoDone, VideoFailed]] = []
+
+    def add(self, index: int, span: Tuple[int, int], inputs: Dict[str, torch.Tensor]) -> Iterator[Event]:
+        if self._pending and _shapes(self._pending[0][2]) != _shapes(inputs):
+            yield from self.flush()
+        self._pending.append((index, span, inputs))
+        if len(self._pending) == self.batch_size:
+            yield from self.flush()
+
+    def end(self, event: Union[VideoDone, VideoFailed]) -> Iterator[Event]:
+        if isinstance(event, VideoFailed):
+            self._pending = [p for p in self._pending if p[0] != event.index]
+        self._ends.append(event)
+        if not self._pending:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[Event]:
+        if self._pending:
+            yield _stack(self._pending)
+        ends, self._pending, self._ends = self._ends, [], []
+        yield from ends
+
+
+class _Stopwatch:
+    """Seconds spent on one video, without the time the decoding thread is blocked handing events over."""
+
+    def __init__(self):
+        self.total = 0.0
+        self._since = time.perf_counter()
+
+    def pause(self) -> None:
+        self.total += time.perf_counter() - self._since
+
+    def resume(self) -> None:
+        self._since = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.total + time.perf_counter() - self._since
+
+
 def produce_batches(
     sources: Sequence[Source], settings: ClipSettings, to_model_input: ToModelInput, batch_size: int
-) -> Iterator[Union[WindowBatch, VideoDone, VideoFailed]]:
-    """For each source in order: its window batches, then VideoDone, or VideoFailed at the first error.
+) -> Iterator[Event]:
+    """The window batches of all sources, in order and filled across videos; after a video's last windows, its
+    VideoDone, or VideoFailed at its first error (its windows not yet handed over are dropped).
 
-    Decode time excludes the time spent blocked handing results over (that is the model's time).
+    A video's decode time excludes the time spent blocked handing results over (that is the model's time).
     """
+    batcher = _Batcher(batch_size)
+
+    def handed_over(events: Iterator[Event], watch: _Stopwatch) -> Iterator[Event]:
+        for event in events:
+            watch.pause()
+            yield event
+            watch.resume()
+
     for index, source in enumerate(sources):
         name = source_name(source)
-        decode_s = 0.0
-        started = time.perf_counter()
-        pending: List[Tuple[Tuple[int, int], Dict[str, torch.Tensor]]] = []
+        watch = _Stopwatch()
         frames_seen = 0
         try:
             report = None if isinstance(source, np.ndarray) else DecodeReport()
@@ -213,29 +286,18 @@ def produce_batches(
                 flows = [flow for _, flow in window[1:]]
                 pad = (max(0, -start), end - max(start, 0) - len(window)) if dense else (0, 0)
                 inputs = window_inputs([f for f, _ in window], flows, settings, to_model_input, name, pad)
-                if pending and _shapes(pending[0][1]) != _shapes(inputs):
-                    decode_s += time.perf_counter() - started
-                    yield _stack(index, pending)
-                    started, pending = time.perf_counter(), []
-                pending.append(((start, end), inputs))
-                if len(pending) == batch_size:
-                    decode_s += time.perf_counter() - started
-                    yield _stack(index, pending)
-                    started, pending = time.perf_counter(), []
+                yield from handed_over(batcher.add(index, (start, end), inputs), watch)
             if dense:
                 frames_seen = counter.count
             if frames_seen == 0:
                 raise VideoError("no frames decoded", name)
-            if pending:
-                decode_s += time.perf_counter() - started
-                yield _stack(index, pending)
-                started = time.perf_counter()
-            decode_s += time.perf_counter() - started
-            yield VideoDone(index, frames_seen, decode_s, report)
+            ended: Union[VideoDone, VideoFailed] = VideoDone(index, frames_seen, watch.seconds(), report)
         except Exception as exc:  # one bad input must not stop the batch
             if os.environ.get("I3D_TORCH_DEBUG") and not isinstance(exc, I3DError):
                 raise
-            yield VideoFailed(index, as_i3d_error(exc, name), decode_s + time.perf_counter() - started)
+            ended = VideoFailed(index, as_i3d_error(exc, name), watch.seconds())
+        yield from batcher.end(ended)
+    yield from batcher.flush()
 
 
 class _Counted:
@@ -259,12 +321,12 @@ def _shapes(inputs: Dict[str, torch.Tensor]) -> Dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in inputs.items()}
 
 
-def _stack(index: int, pending) -> WindowBatch:
-    streams = pending[0][1].keys()
-    crops = next(iter(pending[0][1].values())).shape[0]
+def _stack(pending) -> WindowBatch:
+    streams = pending[0][2].keys()
+    crops = next(iter(pending[0][2].values())).shape[0]
     return WindowBatch(
-        index=index,
-        spans=[span for span, _ in pending],
-        inputs={s: torch.cat([inputs[s] for _, inputs in pending]) for s in streams},
+        videos=[index for index, _, _ in pending],
+        spans=[span for _, span, _ in pending],
+        inputs={s: torch.cat([inputs[s] for _, _, inputs in pending]) for s in streams},
         crops=crops,
     )
