@@ -2,14 +2,18 @@
 crops, RGB and RGB+flow, and the share of TV-L1 flow with OpenCV on one thread and on its own threading.
 
     python benchmarks/features_throughput.py [--videos 4] [--frames 32] [--short-side 128] [--crop-size 112]
-                                             [--window 16] [--step 8] [--device cpu] [--json]
+                                             [--window 16] [--step 8] [--batch-size B] [--rgb-only]
+                                             [--device cpu] [--json]
 
 Videos are generated (moving shapes, H.264, 4:3) into a temporary folder; the models are random-weights RGB and
 flow I3Ds (speed does not depend on the values; ``--weights``/``--flow-weights`` take real ones). *Model only*
-is the same number of forward passes on inputs of the same shapes, without decoding, cropping or flow: the
-ceiling the pipeline approaches when decoding is hidden behind the model (the prefetch thread). The TV-L1 rows
-time :func:`i3d_torch.core.flow.video_flow` on the decoded frames of every video, with ``cv2.setNumThreads(1)``
-and with OpenCV's default threading.
+is the same number of forward passes on inputs of the same shapes and batch size, without decoding, cropping or
+flow: the ceiling the pipeline approaches when decoding is hidden behind the model (the prefetch thread).
+``--batch-size`` (default: the pipeline's, 1 on CPU and 8 on CUDA) is the number of windows per forward pass;
+the pipeline fills batches across videos, so short videos (``--frames`` equal to ``--window``: one window each)
+still make full batches. The TV-L1 rows time :func:`i3d_torch.core.flow.video_flow` on the decoded frames of
+every video, with ``cv2.setNumThreads(1)`` and with OpenCV's default threading (``--rgb-only`` skips them and
+the RGB+flow rows).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from i3d_torch.apps.features import MANIFEST, extract_features, read_records  # 
 from i3d_torch.core.flow import video_flow  # noqa: E402
 from i3d_torch.core.model import InceptionI3d  # noqa: E402
 from i3d_torch.core.video import read_video  # noqa: E402
-from i3d_torch.pipeline.running import run_model  # noqa: E402
+from i3d_torch.pipeline.running import default_batch_size, run_model  # noqa: E402
 from i3d_torch.weights.registry import cached_model, label_list, save_model  # noqa: E402
 
 
@@ -46,19 +50,26 @@ def random_weights(folder: Path) -> tuple:
     return rgb, flow
 
 
-def model_only_s(models: dict, windows: int, crops: int, frames: int, size: int, device: str) -> float:
-    """Seconds for ``windows`` forward passes of ``crops`` views per stream, inputs made up front."""
-    inputs = {
-        name: torch.rand(crops, 3 if name == "rgb" else 2, frames if name == "rgb" else frames - 1, size, size,
-                         device=device) * 2 - 1  # fmt: skip
-        for name in models
-    }
-    for name, model in models.items():  # warm up (the CPU engine prepares its kernels per shape)
-        run_model(model, inputs[name], ["Mixed_5c"])
+def model_only_s(models: dict, windows: int, crops: int, frames: int, size: int, device: str, batch: int) -> float:
+    """Seconds for the forward passes of ``windows`` windows of ``crops`` views per stream, ``batch`` windows per
+    pass (the last pass takes the rest), inputs made up front."""
+    sizes = [batch] * (windows // batch) + ([windows % batch] if windows % batch else [])
+
+    def inputs(count: int) -> dict:
+        return {
+            name: torch.rand(count * crops, 3 if name == "rgb" else 2, frames if name == "rgb" else frames - 1, size,
+                             size, device=device) * 2 - 1  # fmt: skip
+            for name in models
+        }
+
+    made = {count: inputs(count) for count in set(sizes)}
+    for x in made.values():  # warm up (the CPU engine prepares its kernels per shape)
+        for name, model in models.items():
+            run_model(model, x[name], ["Mixed_5c"])
     started = time.perf_counter()
-    for _ in range(windows):
+    for count in sizes:
         for name, model in models.items():  # the call the pipeline makes, results back on the CPU
-            run_model(model, inputs[name], ["Mixed_5c"])
+            run_model(model, made[count][name], ["Mixed_5c"])
     return time.perf_counter() - started
 
 
@@ -70,9 +81,11 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=112)
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--step", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (pipeline default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default=None)
     parser.add_argument("--flow-weights", default=None)
+    parser.add_argument("--rgb-only", action="store_true", help="skip the RGB+flow rows and the TV-L1 timing")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -85,10 +98,11 @@ def main() -> None:
         width = height * 4 // 3 // 2 * 2
         for i in range(args.videos):
             write_video(tmp / "videos" / f"v{i}.mp4", moving_shapes(args.frames, height, width, seed=i), 25)
+        batch = args.batch_size or default_batch_size(args.device)
         options = dict(window=args.window, step=args.step, short_side=args.short_side, crop_size=args.crop_size,
-                       device=args.device)  # fmt: skip
+                       device=args.device, batch_size=batch)  # fmt: skip
         for crop in ("center", "ten"):
-            for streams in ("rgb", "rgb,flow"):
+            for streams in ("rgb",) if args.rgb_only else ("rgb", "rgb,flow"):
                 out = tmp / f"out-{crop}-{streams}"
                 started = time.perf_counter()
                 extract_features(tmp / "videos", out, weights=rgb, flow_weights=flow, streams=streams, crop=crop,
@@ -99,7 +113,7 @@ def main() -> None:
                 if "flow" in streams:
                     models["flow"] = cached_model(flow, args.device)
                 crops = 10 if crop == "ten" else 1
-                alone = model_only_s(models, windows, crops, args.window, args.crop_size, args.device)
+                alone = model_only_s(models, windows, crops, args.window, args.crop_size, args.device, batch)
                 rows.append({
                     "crops": crops, "streams": streams, "windows": windows,
                     "videos_per_s": round(args.videos / end_to_end, 3),
@@ -109,7 +123,8 @@ def main() -> None:
         decoded = [read_video(p, fps=25, short_side=args.short_side)[0] for p in sorted((tmp / "videos").iterdir())]
         threads = cv2.getNumThreads()
         tvl1 = {}
-        for label, count in (("1 thread", 1), (f"OpenCV default ({threads} threads)", threads)):
+        settings = [] if args.rgb_only else [("1 thread", 1), (f"OpenCV default ({threads} threads)", threads)]
+        for label, count in settings:
             cv2.setNumThreads(count)
             started = time.perf_counter()
             for frames in decoded:
@@ -121,7 +136,7 @@ def main() -> None:
         print(json.dumps({"settings": vars(args), "rows": rows, "tvl1_videos_per_s": tvl1}, indent=2))
         return
     print(f"{args.videos} videos of {args.frames} frames, short side {args.short_side}, crop {args.crop_size}, "
-          f"{args.window}-frame windows every {args.step}, {args.device}, "
+          f"{args.window}-frame windows every {args.step}, {batch} per forward pass, {args.device}, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"{'crops':>5}  {'streams':<9} {'windows':>7}  {'videos/s':>9}  {'model only':>10}  {'share':>6}")
     for r in rows:
