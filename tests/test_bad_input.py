@@ -241,6 +241,36 @@ def test_the_pipeline_leaves_a_shared_model_checking_values(rgb_weights):
     assert cached_model(rgb_weights).check_values
 
 
+def test_trusting_the_pipelines_input_in_one_thread_leaves_another_thread_checking(small_model):
+    # old: the pipeline switched check_values off on the (shared) model itself, so a user's bad tensor run on
+    # another thread meanwhile went unchecked. Now the switch is per thread: the trusted thread is inside
+    # trusted_input() for the whole time the other thread runs its forward pass.
+    import threading
+
+    from i3d_torch.core.transforms import trusted_input
+
+    inside, done = threading.Event(), threading.Event()
+
+    def pipeline_thread():
+        with trusted_input():
+            inside.set()
+            done.wait(timeout=60)
+
+    thread = threading.Thread(target=pipeline_thread)
+    thread.start()
+    try:
+        assert inside.wait(timeout=60)
+        with pytest.warns(UserWarning, match=r"frames in \[0, 1\] not mapped"):
+            small_model.pooled_features(torch.full((1, 3, 8, 32, 32), 0.5))
+    finally:
+        done.set()
+        thread.join()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with trusted_input():  # and inside the scope, on its own thread, the scan is skipped
+            small_model.pooled_features(torch.full((1, 3, 8, 32, 32), 0.5))
+
+
 # -- convert of a truncated archive ------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from i3d_torch.core.errors import InputError
-from i3d_torch.core.transforms import check_model_input
+from i3d_torch.core.transforms import check_model_input, input_trusted
 
 __all__ = [
     "ARCHITECTURE",
@@ -424,7 +424,8 @@ class InceptionI3d(nn.Module):
             self.add_module(name, module)
         #: Size of the clip descriptor (:meth:`pooled_features`): the channels of Mixed_5c.
         self.num_features = NUM_FEATURES
-        # Range/NaN checks on every input (a few ms on a 64-frame clip); off for benchmarks and export.
+        # Range/NaN checks on every input (a few ms on a 64-frame clip); off for benchmarks and export, and
+        # skipped inside core.transforms.trusted_input() for inputs the project's own transforms made.
         self.check_values = True
 
     # -- forward paths ------------------------------------------------------------------------------
@@ -518,7 +519,7 @@ class InceptionI3d(nn.Module):
                 f"{str(parameter.dtype).replace('torch.', '')}; convert one of them (clip.to(torch.float32) or "
                 f"model.to(dtype)), or run under torch.autocast"
             )
-        if self.check_values and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        if self.check_values and not (input_trusted() or torch.jit.is_tracing() or torch.compiler.is_compiling()):
             for message in check_model_input(x):
                 warnings.warn(message, stacklevel=4)
 

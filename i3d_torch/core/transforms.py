@@ -15,6 +15,8 @@ model input without a number written by hand.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from dataclasses import asdict, dataclass
 from typing import Union
@@ -162,6 +164,31 @@ class Preprocess(VideoClassification):
     def __call__(self, frames: ArrayLike) -> torch.Tensor:
         """Resized and cropped frames (channels last) to the model input ``[N, C, T, H, W]`` in [-1, 1]."""
         return self.to_model_input(frames)
+
+
+#: Set by :func:`trusted_input` for the current thread (or asyncio task) only.
+_TRUSTED = contextvars.ContextVar("i3d_torch_trusted_input", default=False)
+
+
+@contextlib.contextmanager
+def trusted_input():
+    """Within this block, on this thread only, models skip the value-range scan of their inputs.
+
+    The scan (``InceptionI3d.check_values``, :func:`check_model_input`) is for tensors a user builds by hand.
+    The pipeline's batches and FVD's clips come from uint8 frames through this module's transforms, so they are
+    in [-1, 1] by construction, and the scan's heuristics only raised false alarms on them ("values not mapped
+    to [-1, 1]" on a bright or uniform video). A context variable rather than an attribute of the model: a model
+    shared between threads (``cached_model``) keeps checking a hand-made tensor of another thread meanwhile."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def input_trusted() -> bool:
+    """Whether the current thread is inside :func:`trusted_input`."""
+    return _TRUSTED.get()
 
 
 def check_model_input(x: torch.Tensor, *, source: str = "input") -> list:

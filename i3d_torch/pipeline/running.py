@@ -7,7 +7,6 @@ kernel for, and the progress bar on stderr.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union
@@ -16,6 +15,7 @@ import torch
 
 from i3d_torch.core.errors import InputError
 from i3d_torch.core.model import InceptionI3d
+from i3d_torch.core.transforms import trusted_input
 
 __all__ = [
     "FATAL_MODEL_ERRORS",
@@ -25,7 +25,6 @@ __all__ = [
     "out_of_memory",
     "progress_bar",
     "run_model",
-    "trusted_input",
     "unsupported_dtype",
     "weights_of",
 ]
@@ -40,30 +39,12 @@ def weights_of(model: InceptionI3d, fallback: Any):
     return getattr(model, "weights_info", None) or get_weights(fallback)
 
 
-@contextlib.contextmanager
-def trusted_input(model: torch.nn.Module):
-    """The model's value-range scan off while it runs on inputs the project built itself, restored after.
-
-    The scan (``check_values``) is for tensors a user builds by hand; the pipeline's batches and FVD's clips
-    come from uint8 frames through the project's own transforms, so they are in [-1, 1] by construction, and the
-    scan's heuristics only raised false alarms on them ("values not mapped to [-1, 1]" on a bright or uniform
-    video, issue 17). Scoped, so a model shared with the caller (``cached_model``) is left as it was found."""
-    checking = getattr(model, "check_values", None)
-    if checking:
-        model.check_values = False
-    try:
-        yield
-    finally:
-        if checking:
-            model.check_values = checking
-
-
 def on_model(model: InceptionI3d, x: torch.Tensor, compute: Callable[[torch.Tensor], Output]) -> Output:
     """``compute(x)`` without gradients, with ``x`` moved to the model's device and dtype; the result (a
     tensor or a dict of tensors) comes back as float32 on the CPU. ``compute`` is one of the model's own
     methods, e.g. ``model.per_time_logits``; ``x`` is a batch the pipeline made (no value-range warning)."""
     parameter = next(model.parameters())
-    with torch.inference_mode(), trusted_input(model):
+    with torch.inference_mode(), trusted_input():
         x = x.to(device=parameter.device, dtype=parameter.dtype, non_blocking=True)
         out = compute(x)
         if isinstance(out, dict):

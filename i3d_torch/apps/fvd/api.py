@@ -44,8 +44,9 @@ from i3d_torch.apps.fvd.videosets import (
 from i3d_torch.core.defaults import DEFAULT_WEIGHTS
 from i3d_torch.core.errors import I3DError, InputError, VideoError
 from i3d_torch.core.fileio import atomic_open
+from i3d_torch.core.transforms import trusted_input
 from i3d_torch.pipeline import distributed
-from i3d_torch.pipeline.running import out_of_memory, trusted_input
+from i3d_torch.pipeline.running import out_of_memory
 from i3d_torch.weights.registry import cached_model
 
 DEFAULT_BATCH_SIZE = 8
@@ -192,7 +193,7 @@ def embed_videos(
     frame_counts: List[int] = []
     names: List[str] = []
     try:
-        with trusted_input(model), concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, _progress(
+        with trusted_input(), concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool, _progress(
             len(indices), f"embedding {video_set.description}", progress
         ) as bar:
             args = (device, protocol, role)

@@ -28,7 +28,7 @@ from i3d_torch.apps.fvd.stats import check_set_size, kernel_distance
 from i3d_torch.apps.fvd.videosets import check_video_array
 from i3d_torch.core.defaults import DEFAULT_WEIGHTS
 from i3d_torch.core.errors import InputError
-from i3d_torch.pipeline.running import trusted_input
+from i3d_torch.core.transforms import trusted_input
 
 _ROLES = ("real", "fake")
 
@@ -216,7 +216,7 @@ class FrechetVideoDistance(Metric):
     @torch.inference_mode()
     def _embed(self, clips: torch.Tensor) -> torch.Tensor:
         out = []
-        with trusted_input(self.model):
+        with trusted_input():
             for start in range(0, clips.shape[0], self.batch_size):
                 chunk = clips[start : start + self.batch_size].to(self.device)
                 out.append(self.model(self.protocol.model_input(pixels_0_255(chunk))).float())
