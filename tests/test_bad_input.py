@@ -116,6 +116,31 @@ def test_features_out_that_is_an_existing_file_is_one_line(videos, rgb_weights, 
     assert target.read_text() == "mine\n"
 
 
+@pytest.mark.parametrize(
+    "where, reason",
+    [
+        ("a_file", "exists and is not a folder"),
+        ("under_a_file", "cannot create the output folder (Not a directory: a part of the path is a file)"),
+        ("proc", "cannot create the output folder (No such file or directory: the folder is missing or does not "
+                 "allow new folders)"),  # fmt: skip
+    ],
+)
+def test_features_out_that_cannot_be_a_folder_is_an_input_error_naming_it(videos, rgb_weights, tmp_path, where,
+                                                                          reason):  # fmt: skip
+    # old: a bare OSError ("/proc/x: No such file or directory"), and under torchrun the other ranks waited
+    # forever for rank 0, which only shared I3DErrors
+    from i3d_torch.apps.features import extract_features
+    from i3d_torch.core.errors import InputError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine\n")
+    out = {"a_file": blocker, "under_a_file": blocker / "x", "proc": Path("/proc/i3d_features_out")}[where]
+    with pytest.raises(InputError) as caught:
+        extract_features(videos, out, weights=rgb_weights, short_side=40, crop_size=32)
+    assert str(caught.value).startswith(f"{out}: {reason}")
+    assert blocker.read_text() == "mine\n"
+
+
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])
 def test_fvd_cache_stats_that_cannot_be_written_is_one_line(videos, rgb_weights, tmp_path, run_cli, where):
     blocker = tmp_path / "a_file"

@@ -55,6 +55,17 @@ def _same_file(handle: IO, path: Path) -> bool:
     return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
 
+def _reason(exc: OSError, new: str) -> str:
+    """The OS's reason, and what it means for the paths where Linux's word misleads: mkdir in /proc or /sys
+    say "No such file or directory" of a folder or file the user asked to create."""
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, NotADirectoryError):
+        return f"{reason}: a part of the path is a file"
+    if isinstance(exc, FileNotFoundError):
+        return f"{reason}: the folder is missing or does not allow new {new}"
+    return reason
+
+
 class FolderLock:
     """``with FolderLock(folder, what):`` holds the folder's lock for the block, or raises
     :class:`FolderBusy` at once when another process holds it."""
@@ -66,9 +77,20 @@ class FolderLock:
         self._handle: Optional[IO] = None
 
     def acquire(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Lock the folder (made if missing). Raises :class:`FolderBusy` when another process holds it, and
+        :class:`~i3d_torch.core.errors.InputError` naming the folder when it cannot be made or written to
+        (an I3DError, so that under torchrun every rank learns of it instead of waiting)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # also: a path through a file (/dev/null/x) is ENOTDIR below
+            raise InputError("exists and is not a folder; give --out a folder", self.folder) from None
+        except OSError as exc:
+            raise InputError(f"cannot create the output folder ({_reason(exc, 'folders')})", self.folder) from None
         for _ in range(10):  # retried only when the holder deleted the file in between
-            handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                handle = open(self.path, "a+", encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"cannot write in the output folder ({_reason(exc, 'files')})", self.folder) from None
             if not _try_lock(handle):
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
