@@ -150,6 +150,25 @@ def test_fvd_cache_stats_that_cannot_be_written_is_one_line(videos, rgb_weights,
     assert_one_line_error(done, str(cache.parent))
 
 
+@pytest.mark.parametrize("where", ["under_a_file", "missing_folder"])
+def test_fvd_cache_that_cannot_be_written_fails_before_any_video_is_embedded(videos, rgb_weights, tmp_path, where):
+    # old: the whole set was embedded first and the error came at the save
+    from i3d_torch.apps.fvd.api import compute_stats
+    from i3d_torch.weights.registry import load_model
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cache = {"under_a_file": blocker / "stats.npz", "missing_folder": tmp_path / "nope" / "stats.npz"}[where]
+    model = load_model(rgb_weights)
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(OSError) as caught:
+        compute_stats(videos, model, frames=12, cache=cache)
+    assert not calls, "a video was embedded before the cache was found unwritable"
+    assert caught.value.filename == str(cache.parent)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no temporary left behind
+
+
 def test_fvd_plot_into_a_folder_that_cannot_exist_is_one_line(rgb_weights, tmp_path, run_cli):
     stats = _stats(tmp_path / "ok.npz", np.random.default_rng(0).normal(size=(8, 400)))
     blocker = tmp_path / "a_file"

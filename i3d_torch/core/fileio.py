@@ -51,6 +51,22 @@ def _current_umask() -> int:
     return mask
 
 
+def check_writable(path: PathLike) -> None:
+    """Raise an OSError naming ``path`` unless a file can be written there now: a temporary file is made and
+    removed beside it, as :func:`atomic_path` will. For outputs written after long work (FVD statistics
+    after embedding a whole set), so a missing folder, a read-only one, or a path through a file is found
+    before the work, not after it."""
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(21, "is a folder; give a file name", os.fspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".check", dir=target.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(target.parent)) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def write_json(path: PathLike, obj: Any) -> None:
     with atomic_open(path, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)

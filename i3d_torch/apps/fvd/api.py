@@ -43,7 +43,7 @@ from i3d_torch.apps.fvd.videosets import (
 )
 from i3d_torch.core.defaults import DEFAULT_WEIGHTS
 from i3d_torch.core.errors import I3DError, InputError, VideoError
-from i3d_torch.core.fileio import atomic_open
+from i3d_torch.core.fileio import atomic_open, check_writable
 from i3d_torch.core.transforms import trusted_input
 from i3d_torch.pipeline import distributed
 from i3d_torch.pipeline.running import out_of_memory
@@ -290,6 +290,15 @@ def compute_stats(
         if cached.source_fingerprint == fingerprint:
             return cached
         warnings.warn(f"{cache}: cached statistics are of other videos than {video_set.description}; recomputing")
+    if cache is not None:  # before embedding the set, not after; every rank learns of rank 0's failure
+        unwritable: Optional[OSError] = None
+        if distributed.is_main_process():
+            try:
+                check_writable(cache)
+            except OSError as exc:
+                unwritable = exc
+        if not distributed.all_ranks_ok(unwritable is None):
+            raise unwritable or InputError("rank 0 cannot write the statistics cache", cache)
     options = dict(batch_size=batch_size, device=distributed.device_for_rank(str(device)), progress=progress)
     if cache is not None and not (distributed.is_distributed() and torch.distributed.is_initialized()):
         resume = ResumeState(Path(cache), fingerprint, sha, protocol_preprocessing(protocol))
