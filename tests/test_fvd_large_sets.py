@@ -74,3 +74,71 @@ def test_progress_of_other_videos_or_another_protocol_is_not_resumed(tmp_path):
     model = CountingEmbedder()
     compute_stats(other, model, batch_size=2, cache=tmp_path / "b.npz")
     assert model.seen == 10  # other videos: started again
+
+
+RANKED_SCRIPT = """
+import sys, warnings
+sys.path.insert(0, {tests!r})
+import torch
+from test_fvd_large_sets import CountingEmbedder, Interrupted
+from i3d_torch.apps.fvd import SmallSampleWarning, compute_stats
+from i3d_torch.apps.fvd import api as fvd_api
+from i3d_torch.pipeline import distributed
+warnings.simplefilter("ignore", SmallSampleWarning)
+fvd_api.RESUME_EVERY = 2
+with distributed.process_group("cpu"):
+    model = CountingEmbedder(stop_after={stop_after})
+    try:
+        stats = compute_stats({source!r}, model, batch_size=1, cache={cache!r})
+        print(f"rank {{distributed.rank()}} embedded {{model.seen}} of {{stats.n}}", flush=True)
+    except Interrupted:  # like Ctrl-C on every rank; the barrier keeps torchrun from killing a slower rank early
+        print(f"rank {{distributed.rank()}} interrupted after {{model.seen}}", flush=True)
+        torch.distributed.barrier()
+"""
+
+
+def _torchrun_stats(tmp_path, source, cache, stop_after):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ranked.py"
+    tests = str(Path(__file__).resolve().parent)
+    script.write_text(RANKED_SCRIPT.format(tests=tests, source=str(source), cache=str(cache), stop_after=stop_after))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(29600 + os.getpid() % 1000), str(script)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_under_torchrun_resumes_each_rank_where_it_stopped(tmp_path):
+    from videogen import moving_shapes, write_video
+
+    folder = tmp_path / "videos"
+    for seed in range(10):  # 5 per rank: chunks of 2, 2, 1; interrupted in the third
+        write_video(folder / f"clip{seed}.mkv", moving_shapes(9, 24, 32, seed=seed), fps=25)
+    cache = tmp_path / "stats.npz"
+    out = _torchrun_stats(tmp_path, folder, cache, stop_after=4)
+    assert "rank 0 interrupted after 4" in out and "rank 1 interrupted after 4" in out
+    progress = sorted(p.name for p in tmp_path.iterdir() if ".partial." in p.name)
+    assert progress == ["stats.npz.partial.rank0of2.npz", "stats.npz.partial.rank1of2.npz"] and not cache.exists()
+
+    out = _torchrun_stats(tmp_path, folder, cache, stop_after=None)
+    assert "rank 0 embedded 1 of 10" in out and "rank 1 embedded 1 of 10" in out  # only the unsaved fifth video
+    assert not [p for p in tmp_path.iterdir() if ".partial." in p.name]  # a finished run leaves no progress file
+    whole = compute_stats(folder, TinyEmbedder(), batch_size=1)
+    # another number of ranks cannot use these files (other shards); a finished run removes them all
+    with pytest.raises(Interrupted):
+        compute_stats(folder, CountingEmbedder(stop_after=5), batch_size=1, cache=tmp_path / "k.npz")
+    (tmp_path / "k.npz.partial.rank1of2.npz").write_bytes(b"progress of an earlier run on 2 ranks")
+    single = CountingEmbedder()
+    compute_stats(folder, single, batch_size=1, cache=tmp_path / "k.npz")
+    assert single.seen == 10 - 4  # its own progress (one chunk of RESUME_EVERY = 4) resumed, not the ranks'
+    assert not [p for p in tmp_path.iterdir() if ".partial." in p.name]
+    # Same rows in the same order; not bit-identical across processes and thread counts (see test_fvd's sharded
+    # test), while rows of different videos are at least 0.1 apart, so a swapped or missing row still fails.
+    np.testing.assert_allclose(VideoSetStats.load(cache).embeddings, whole.embeddings, rtol=0, atol=1e-5)

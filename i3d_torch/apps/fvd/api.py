@@ -7,6 +7,8 @@ holds the entry points users call: :func:`fvd`, :func:`compute_stats`, :func:`di
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import glob
 import hashlib
 import json
 import sys
@@ -223,20 +225,28 @@ def _gathered_embeddings(
     progress: bool,
     protocol: Optional[Protocol] = None,
     role: str = "real",
+    resume: Optional["ResumeState"] = None,
 ) -> Tuple[np.ndarray, List[int]]:
     """Embed the whole set; under torchrun each rank embeds items r, r+K, ... and all ranks gather all.
 
     An error on one rank (a bad video) is gathered too and raised on every rank, so no rank waits forever.
+    With ``resume`` each process saves its progress (its own shard under torchrun) and continues after it.
     """
     protocol = get_protocol(protocol)
     cap = protocol.max_videos(role)  # the protocol's first N videos (stylegan-v: 2048 per set)
     everything = list(range(len(video_set) if cap is None else min(cap, len(video_set))))
     options = dict(batch_size=batch_size, device=device, protocol=protocol, role=role)
     if not distributed.is_distributed() or not torch.distributed.is_initialized():
+        if resume is not None:
+            return _resumable_embeddings(video_set, model, everything, resume, progress=progress, **options)
         return embed_videos(video_set, model, everything, progress=progress, **options)
     mine = distributed.shard(everything)
+    options["progress"] = progress and distributed.is_main_process()
     try:
-        result = embed_videos(video_set, model, mine, progress=progress and distributed.is_main_process(), **options)
+        if resume is not None:
+            result = _resumable_embeddings(video_set, model, mine, resume.for_rank(), **options)
+        else:
+            result = embed_videos(video_set, model, mine, **options)
         part: Tuple[Any, ...] = (mine, result[0], result[1], None)
     except (I3DError, OSError) as exc:
         part = (mine, None, None, (type(exc).__name__, str(exc)))
@@ -299,12 +309,17 @@ def compute_stats(
                 unwritable = exc
         if not distributed.all_ranks_ok(unwritable is None):
             raise unwritable or InputError("rank 0 cannot write the statistics cache", cache)
-    options = dict(batch_size=batch_size, device=distributed.device_for_rank(str(device)), progress=progress)
-    if cache is not None and not (distributed.is_distributed() and torch.distributed.is_initialized()):
-        resume = ResumeState(Path(cache), fingerprint, sha, protocol_preprocessing(protocol))
-        embeddings, frame_counts = _resumable_embeddings(video_set, model, resume, protocol, role, **options)
-    else:
-        embeddings, frame_counts = _gathered_embeddings(video_set, model, protocol=protocol, role=role, **options)
+    resume = None if cache is None else ResumeState(Path(cache), fingerprint, sha, protocol_preprocessing(protocol))
+    embeddings, frame_counts = _gathered_embeddings(
+        video_set,
+        model,
+        batch_size=batch_size,
+        device=distributed.device_for_rank(str(device)),
+        progress=progress,
+        protocol=protocol,
+        role=role,
+        resume=resume,
+    )
     stats = VideoSetStats(
         embeddings=embeddings,
         frames=frame_counts[0] if frame_counts else 0,
@@ -314,9 +329,13 @@ def compute_stats(
         source=video_set.description,
         source_fingerprint=fingerprint,
     )
-    if cache is not None and distributed.is_main_process():
-        stats.save(cache)
-        Path(ResumeState.partial_path(Path(cache))).unlink(missing_ok=True)
+    if resume is not None:
+        if distributed.is_main_process():
+            stats.save(cache)
+        distributed.barrier()  # the cache is written: the progress files can go, also those of another rank count
+        if distributed.is_main_process():
+            for path in resume.cache.parent.glob(glob.escape(resume.cache.name) + ".partial.*npz"):
+                path.unlink(missing_ok=True)
     return stats
 
 
@@ -326,26 +345,36 @@ RESUME_EVERY = 256
 
 @dataclass(frozen=True)
 class ResumeState:
-    """Where a statistics run with a cache saves its progress (``<cache>.partial.npz``), and what must match for
-    a later run to continue from it: the same videos (fingerprint), weights and protocol."""
+    """Where a statistics run with a cache saves its progress (``<cache>.partial.npz``, or under torchrun one
+    ``<cache>.partial.rank<r>of<K>.npz`` per rank), and what must match for a later run to continue from it:
+    the same videos (fingerprint), weights and protocol, and under torchrun the same rank and number of ranks
+    (a rank's shard is items r, r+K, ...; with another K its progress is of other videos and is not used)."""
 
     cache: Path
     fingerprint: str
     model_sha256: str
     preprocessing: Dict[str, Any]
+    shard: str = ""  # "rank<r>of<K>" under torchrun
 
     @staticmethod
     def partial_path(cache: Path) -> Path:
         return cache.with_name(cache.name + ".partial.npz")
 
+    def progress_path(self) -> Path:
+        suffix = f".partial.{self.shard}.npz" if self.shard else ".partial.npz"
+        return self.cache.with_name(self.cache.name + suffix)
+
+    def for_rank(self) -> "ResumeState":
+        """This process's own progress under torchrun."""
+        return dataclasses.replace(self, shard=f"rank{distributed.rank()}of{distributed.world_size()}")
+
     def key(self) -> str:
-        return json.dumps([self.fingerprint, self.model_sha256, self.preprocessing], sort_keys=True)
+        return json.dumps([self.fingerprint, self.model_sha256, self.preprocessing, self.shard], sort_keys=True)
 
     def load(self) -> Tuple[np.ndarray, List[int]]:
         """The embeddings and frame counts saved by an interrupted run of the same job; none if there is none."""
-        path = self.partial_path(self.cache)
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with np.load(self.progress_path(), allow_pickle=False) as data:
                 if str(data["key"]) == self.key():
                     return data["embeddings"], [int(c) for c in data["frames"]]
         except (OSError, KeyError, ValueError, EOFError):
@@ -353,27 +382,24 @@ class ResumeState:
         return np.zeros((0, 0), np.float32), []
 
     def save(self, embeddings: np.ndarray, frame_counts: List[int]) -> None:
-        with atomic_open(self.partial_path(self.cache), "wb") as fh:  # never a half-written progress file
+        with atomic_open(self.progress_path(), "wb") as fh:  # never a half-written progress file
             np.savez(fh, key=np.array(self.key()), embeddings=embeddings, frames=np.array(frame_counts, np.int64))
 
 
 def _resumable_embeddings(
-    video_set: VideoSet, model: torch.nn.Module, resume: ResumeState, protocol: Protocol, role: str, **options: Any
+    video_set: VideoSet, model: torch.nn.Module, indices: List[int], resume: ResumeState, **options: Any
 ) -> Tuple[np.ndarray, List[int]]:
-    """Embed in chunks of :data:`RESUME_EVERY` videos, saving progress after each, starting after what an
-    interrupted run of the same job saved."""
-    cap = protocol.max_videos(role)
-    total = len(video_set) if cap is None else min(cap, len(video_set))
+    """Embed the videos ``indices`` in chunks of :data:`RESUME_EVERY`, saving progress after each, starting after
+    what an interrupted run of the same job saved."""
     done, frame_counts = resume.load()
     parts = [done] if len(done) else []
-    start = len(frame_counts)
-    for chunk_start in range(start, total, RESUME_EVERY):
-        indices = list(range(chunk_start, min(chunk_start + RESUME_EVERY, total)))
-        emb, counts = embed_videos(video_set, model, indices, protocol=protocol, role=role, **options)
+    for chunk_start in range(len(frame_counts), len(indices), RESUME_EVERY):
+        chunk = indices[chunk_start : chunk_start + RESUME_EVERY]
+        emb, counts = embed_videos(video_set, model, chunk, **options)
         parts.append(emb)
         frame_counts = frame_counts + counts
-        check_same_frames(frame_counts, [video_set.name(i) for i in range(len(frame_counts))])
-        if indices[-1] + 1 < total:
+        check_same_frames(frame_counts, [video_set.name(i) for i in indices[: len(frame_counts)]])
+        if chunk_start + len(chunk) < len(indices):
             resume.save(np.concatenate(parts), frame_counts)
     if not parts:
         dim = int(getattr(model, "num_classes", 400))
