@@ -62,7 +62,8 @@ def check_writable(path: PathLike) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".check", dir=target.parent)
     except OSError as exc:
-        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(target.parent)) from None
+        message = f"cannot write {target.name} in this folder ({exc.strerror or type(exc).__name__})"
+        raise OSError(exc.errno, message, os.fspath(target.parent)) from None
     os.close(fd)
     os.unlink(tmp)
 
