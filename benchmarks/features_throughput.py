@@ -11,9 +11,10 @@ is the same number of forward passes on inputs of the same shapes and batch size
 flow: the ceiling the pipeline approaches when decoding is hidden behind the model (the prefetch thread).
 ``--batch-size`` (default: the pipeline's, 1 on CPU and 8 on CUDA) is the number of windows per forward pass;
 the pipeline fills batches across videos, so short videos (``--frames`` equal to ``--window``: one window each)
-still make full batches. The TV-L1 rows time :func:`i3d_torch.core.flow.video_flow` on the decoded frames of
-every video, with ``cv2.setNumThreads(1)`` and with OpenCV's default threading (``--rgb-only`` skips them and
-the RGB+flow rows).
+still make full batches. Both sides are timed warm (one untimed run first), in a process that keeps freed
+memory as the command line does (:func:`i3d_torch.backends.cpu.keep_freed_memory`). The TV-L1 rows time
+:func:`i3d_torch.core.flow.video_flow` on the decoded frames of every video, with ``cv2.setNumThreads(1)`` and
+with OpenCV's default threading (``--rgb-only`` skips them and the RGB+flow rows).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))  # videogen writes the videos
 from videogen import moving_shapes, write_video  # noqa: E402
 
 from i3d_torch.apps.features import MANIFEST, extract_features, read_records  # noqa: E402
+from i3d_torch.backends import cpu  # noqa: E402
 from i3d_torch.core.flow import video_flow  # noqa: E402
 from i3d_torch.core.model import InceptionI3d  # noqa: E402
 from i3d_torch.core.video import read_video  # noqa: E402
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--rgb-only", action="store_true", help="skip the RGB+flow rows and the TV-L1 timing")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    cpu.keep_freed_memory()  # as the command line does (i3d-torch features), see docs/performance.md
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,11 +104,16 @@ def main() -> None:
         batch = args.batch_size or default_batch_size(args.device)
         options = dict(window=args.window, step=args.step, short_side=args.short_side, crop_size=args.crop_size,
                        device=args.device, batch_size=batch)  # fmt: skip
+        videos = sorted((tmp / "videos").iterdir())
         for crop in ("center", "ten"):
             for streams in ("rgb",) if args.rgb_only else ("rgb", "rgb,flow"):
+                # untimed: the first forward of each input shape prepares the CPU engine's kernels and buffers,
+                # as model_only_s's warm-up does; enough videos to fill one batch
+                extract_features(videos[:batch], tmp / f"warm-{crop}-{streams}", weights=rgb, flow_weights=flow,
+                                 streams=streams, crop=crop, keep_crops=True, **options)  # fmt: skip
                 out = tmp / f"out-{crop}-{streams}"
                 started = time.perf_counter()
-                extract_features(tmp / "videos", out, weights=rgb, flow_weights=flow, streams=streams, crop=crop,
+                extract_features(videos, out, weights=rgb, flow_weights=flow, streams=streams, crop=crop,
                                  keep_crops=True, **options)  # fmt: skip
                 end_to_end = time.perf_counter() - started
                 windows = sum(len(r["windows"]) for r in read_records(out / MANIFEST)[0])

@@ -20,7 +20,7 @@ from i3d_torch.core.transforms import rgb_to_model_input
 from i3d_torch.pipeline import batches
 from i3d_torch.pipeline.batches import VideoDone, VideoFailed, WindowBatch, produce_batches
 from i3d_torch.pipeline.settings import ClipSettings
-from i3d_torch.pipeline.windows import Windowing
+from i3d_torch.pipeline.windows import DenseWindowing, Windowing
 
 #: 8-frame windows every 8 frames on 40x56 frames cropped to 32: the network's cost stays in milliseconds.
 SETTINGS = ClipSettings(short_side=40, crop_size=32, windowing=Windowing(8, 8), min_frames={"rgb": 8})
@@ -142,3 +142,54 @@ def test_predict_batched_across_videos_equals_one_window_at_a_time(clips, rgb_we
         assert [(w.start, w.end) for w in a.windows] == [(w.start, w.end) for w in b.windows]
         torch.testing.assert_close(torch.from_numpy(b.logits), torch.from_numpy(a.logits), rtol=0, atol=2e-5)
         assert b.timing.model_s > 0
+
+
+# -- the decoding thread computes with numpy ---------------------------------------------------------------
+
+
+def test_numpy_input_maps_to_the_model_range_bit_for_bit_as_torch_input():
+    from i3d_torch.core.transforms import flow_to_model_input
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, 5, 9, 11, 3), dtype=np.uint8)  # odd sizes: no vector-width luck
+    unit = rng.random((5, 9, 11, 3))  # float64 in [0, 1]
+    flow = (rng.standard_normal((4, 9, 11, 2)) * 30).astype(np.float32)  # beyond the +-20 clip
+    flow[0, 0, 0, 0] = np.nan
+    cases = [
+        (rgb_to_model_input, (pixels,)),
+        (lambda x: rgb_to_model_input(x, "unit"), (unit,)),
+        (flow_to_model_input, (flow,)),
+    ]
+    for convert, (array,) in cases:
+        from_numpy, from_torch = convert(array), convert(torch.from_numpy(array))
+        assert from_numpy.dtype == from_torch.dtype == torch.float32 and from_numpy.is_contiguous()
+        assert from_numpy.shape == from_torch.shape
+        assert torch.equal(from_numpy.nan_to_num(7.0), from_torch.nan_to_num(7.0))  # bit for bit, NaN kept
+    assert torch.isnan(flow_to_model_input(flow)).sum() == 1
+
+
+def test_the_decoding_thread_makes_batches_without_torch_compute(monkeypatch):
+    # torch ops in the decoding thread start a second OpenMP team competing with the model's (1.3x slower end
+    # to end on 2 cores): every tensor the pipeline hands over must come from numpy, so any torch op that would
+    # compute here fails this test
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a torch op ran in the decoding pipeline")
+
+    for name in ("cat", "stack", "zeros", "arange", "clamp"):
+        monkeypatch.setattr(torch, name, forbidden)
+    monkeypatch.setattr(torch.Tensor, "float", forbidden)
+    monkeypatch.setattr(torch.Tensor, "contiguous", forbidden)
+    settings = ClipSettings(short_side=40, crop="ten", crop_size=32, windowing=Windowing(8, 8),
+                            streams=("rgb", "flow"), min_frames={"rgb": 8, "flow": 8})  # fmt: skip
+    events = list(produce_batches([frames(12, 0), frames(4, 1)], settings, rgb_to_model_input, 3))
+    check_order(events)
+    batch = [e for e in events if isinstance(e, WindowBatch)]
+    assert [e.inputs["rgb"].shape[0] for e in batch] == [30]  # 3 windows of 10 crops, across the two videos
+    assert batch[0].inputs["flow"].shape == (30, 2, 8, 32, 32)
+    for pad in ("edge", "zeros"):  # dense windows padded at both ends of the video
+        dense = ClipSettings(short_side=40, crop_size=32, windowing=DenseWindowing(8, 4, centre=True, pad=pad),
+                             streams=("rgb", "flow"), min_frames={"rgb": 8, "flow": 8})  # fmt: skip
+        events = list(produce_batches([frames(10, 2)], dense, rgb_to_model_input, 2))
+        assert [e.inputs["rgb"].shape for e in events if isinstance(e, WindowBatch)] == [(2, 3, 8, 32, 32)] + [
+            (1, 3, 8, 32, 32)
+        ]
