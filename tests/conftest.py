@@ -46,6 +46,14 @@ def rgb_model():
 
 
 @pytest.fixture(scope="session")
+def rgb_weights(tmp_path_factory) -> Path:
+    """Random Kinetics-400 RGB weights saved as a registry-style file (tests/models.py); no test writes to it."""
+    from models import save_random_weights
+
+    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
+
+
+@pytest.fixture(scope="session")
 def kinetics400_labels() -> list:
     return (ASSETS / "kinetics400_labels.txt").read_text().splitlines()
 

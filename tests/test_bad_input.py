@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import save_random_weights
 from videogen import moving_shapes, write_video
 
 from i3d_torch.apps import features as features_app
@@ -30,11 +29,6 @@ from i3d_torch.core.transforms import check_model_input
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(short_side=32, crop_size=32, clip_frames=8, stride=4)
 SMALL_CLI = ["--short-side", "32", "--crop-size", "32", "--clip-frames", "8", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def rgb_weights(tmp_path_factory) -> Path:
-    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
 
 
 @pytest.fixture(scope="module")

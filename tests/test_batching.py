@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import save_random_weights
 from videogen import moving_shapes, write_video
 
 from i3d_torch.apps.classify import classify_many
@@ -106,11 +105,6 @@ def clips(tmp_path_factory) -> Path:
         write_video(folder / f"v{i}.mkv", frames(count, seed=i), 25, codec="ffv1")
     (folder / "v5_broken.mp4").write_bytes(b"not a video at all" * 10)
     return folder
-
-
-@pytest.fixture(scope="module")
-def rgb_weights(tmp_path_factory) -> Path:
-    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
 
 
 def test_features_batched_across_videos_equal_one_window_at_a_time(clips, rgb_weights, tmp_path):

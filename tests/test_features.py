@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import save_random_weights
 from torch.testing import assert_close
 from videogen import moving_shapes, write_frame_folder, write_video
 
@@ -35,8 +34,8 @@ def assert_features_close(got, expected) -> None:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
+def weights(rgb_weights) -> Path:
+    return rgb_weights
 
 
 @pytest.fixture(scope="module")

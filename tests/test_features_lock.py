@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from models import save_random_weights
 from videogen import moving_shapes, write_video
 
 from i3d_torch.apps.features import MANIFEST, extract_features, read_records
@@ -21,11 +20,6 @@ from i3d_torch.core.errors import I3DError
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(short_side=32, crop_size=32, clip_frames=8, stride=4)
-
-
-@pytest.fixture(scope="module")
-def rgb_weights(tmp_path_factory) -> Path:
-    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import save_random_weights
 from torch.testing import assert_close
 from videogen import frame_index, index_coded_frames, moving_shapes, write_video
 
@@ -35,11 +34,6 @@ RELATIVE_TOL = 1e-4
 #: Frames 40x56 stay 40x56 at short side 40; 32x32 crops leave distinct corners.
 SMALL = dict(short_side=40, crop_size=32)
 SMALL_ARGS = ["--short-side", "40", "--crop-size", "32", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def rgb_weights(tmp_path_factory) -> Path:
-    return save_random_weights(tmp_path_factory.mktemp("weights") / "random_rgb.safetensors")
 
 
 @pytest.fixture(scope="module")
