@@ -277,7 +277,8 @@ def _score(prefetcher, sources, streams: Streams, settings: ClipSettings, top_k,
     covered = collections.Counter()
     for event in prefetcher:
         if isinstance(event, WindowBatch):
-            if all(index in failed for index, _ in event.by_video()):
+            groups = event.by_video()  # (video index, its rows) for each video in the batch
+            if all(index in failed for index, _ in groups):
                 continue
             started = time.perf_counter()
             try:
@@ -285,20 +286,20 @@ def _score(prefetcher, sources, streams: Streams, settings: ClipSettings, top_k,
                     [on_model(streams.models[s], x, streams.models[s].per_time_logits) for s, x in event.inputs.items()]
                 )  # (windows * crops) x K x T''
             except (I3DError, ValueError) as exc:  # e.g. an input the network cannot take: every video of the batch
-                for index, _ in event.by_video():  # has that input shape
+                for index, _ in groups:  # has that input shape
                     failed.setdefault(index, as_i3d_error(InputError(str(exc)), source_name(sources[index])))
                 continue
             except FATAL_MODEL_ERRORS as exc:  # no kernel for the dtype, or out of GPU memory: every video would fail
                 raise model_error(exc) from None
             finally:  # the batch's model and wait time, shared by its videos in proportion to their windows
                 model_s = time.perf_counter() - started
-                for index, rows in event.by_video():
+                for index, rows in groups:
                     share = (rows.stop - rows.start) / len(event.spans)
                     timings[index].model_s += model_s * share
                     timings[index].wait_s += prefetcher.last_wait_s * share
             time_logits = time_logits.view(len(event.spans), event.crops, *time_logits.shape[1:]).mean(dim=1)
             logits = time_logits.mean(dim=2)  # windows x K: the network's Logits endpoint
-            for index, rows in event.by_video():
+            for index, rows in groups:
                 if index in failed:
                     continue
                 spans = event.spans[rows]

@@ -380,12 +380,11 @@ class ResumeState:
     shard: str = ""  # "rank<r>of<K>" under torchrun
 
     @staticmethod
-    def partial_path(cache: Path) -> Path:
-        return cache.with_name(cache.name + ".partial.npz")
+    def partial_path(cache: Path, shard: str = "") -> Path:
+        return cache.with_name(cache.name + (f".partial.{shard}.npz" if shard else ".partial.npz"))
 
     def progress_path(self) -> Path:
-        suffix = f".partial.{self.shard}.npz" if self.shard else ".partial.npz"
-        return self.cache.with_name(self.cache.name + suffix)
+        return self.partial_path(self.cache, self.shard)
 
     def for_rank(self) -> "ResumeState":
         """This process's own progress under torchrun."""
